@@ -575,7 +575,7 @@ def _byte_level_bpe(vocab_path: Path, merges_path: Path):
     tok = Tokenizer(models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.RobertaProcessing(sep=("</s>", vocab["</s>"]), cls=("<s>", vocab["<s>"]),
+    tok.post_processor = processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]),  # sep, cls
                                                       trim_offsets=True, add_prefix_space=False)
     tok.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     return tok
