@@ -1,0 +1,59 @@
+"""Padding fraction (pad tokens / all tokens) of three batching schemes, per dataset's train split.
+
+- grouped: `data.train_batches` (length-grouped), each batch padded to its longest, rounded up to 8
+- random:  plain shuffled batches, each padded to its longest, rounded up to 8
+- fixed:   every sequence padded to max_length (what `padding="max_length"` does)
+
+Padding is counted from the attention masks `data.collate` really builds, averaged over epochs.
+
+    python bench/padding.py --data-dir ../shared/data --tokenizer ../shared/tokenizers/bert-base-uncased
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+import model  # noqa: E402
+
+
+def padding_fraction(enc: data.Encoded, batches, max_length: int) -> float:
+    real = total = 0
+    for b in batches:
+        mask = data.collate(enc, b, pad_id=0, max_length=max_length)["attention_mask"]
+        real, total = real + int(mask.sum()), total + mask.numel()
+    return 1 - real / total
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    here = Path(__file__).resolve().parents[1]
+    p.add_argument("--data-dir", default=str(here.parent / "shared" / "data"))
+    p.add_argument("--tokenizer", default=str(here.parent / "shared" / "tokenizers" / "bert-base-uncased"))
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=5, help="average over this many epochs (seed 0)")
+    args = p.parse_args()
+
+    tok = model.load_tokenizer(args.tokenizer)
+    print(f"train splits, {Path(args.tokenizer).name} tokenizer, max_length {args.max_length}, "
+          f"batch {args.batch_size}, mean of {args.epochs} epochs\n")
+    print(f"| dataset | examples | mean tokens | grouped by length | random batches | pad to {args.max_length} |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in ("restaurant", "acl", "agnews"):
+        enc = data.encode(data.load_split(name, "train", args.data_dir), tok, args.max_length)
+        n, B = len(enc), args.batch_size
+        grouped, random = [], []
+        for epoch in range(args.epochs):
+            grouped.append(padding_fraction(enc, data.train_batches(enc.lengths, B, 0, epoch), args.max_length))
+            perm = np.random.default_rng([0, epoch]).permutation(n)
+            random.append(padding_fraction(enc, [perm[i:i + B] for i in range(0, n, B)], args.max_length))
+        fixed = 1 - enc.lengths.sum() / (n * args.max_length)
+        print(f"| {name} | {n} | {enc.lengths.mean():.1f} "
+              f"| {np.mean(grouped):.1%} | {np.mean(random):.1%} | {fixed:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
