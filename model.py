@@ -11,7 +11,7 @@ checks that name every missing or unexpected key. The one place we differ from t
 layout is the fused Q/K/V projection (`attention.self.qkv`), which the table builds from
 `query`, `key` and `value` on load and splits again on export.
 
-Public API: `Config`, `Classifier`, `from_pretrained`, `load_tokenizer`, `save_pretrained`.
+Public API: `Config`, `Classifier`, `load_config`, `from_pretrained`, `load_tokenizer`, `save_pretrained`.
 """
 
 from __future__ import annotations
@@ -413,6 +413,11 @@ def _read_config(src: _Source) -> tuple[Config, Path]:
 
 
 # --------------------------------------------------------------------------- public API
+
+
+def load_config(name_or_path: str | os.PathLike) -> Config:
+    """The checkpoint's Config alone (config.json only: no weights are read)."""
+    return _read_config(_Source(name_or_path))[0]
 
 
 def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = None) -> Classifier:

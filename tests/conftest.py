@@ -1,5 +1,6 @@
 """Shared test fixtures: where the real data lives, tiny random checkpoints, the real MiniLM."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -81,3 +82,47 @@ def random_batch(vocab_size: int, pad_id: int, lengths, seed: int = 0, pair_at: 
         types[:, pair_at:] = 1
         types[mask == 0] = 0
     return ids, mask, types
+
+
+# ----------------------------------------------------------------------------- a tiny learnable task
+
+KEYWORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]  # one per acl label, in id order
+FILLER = [f"w{i}" for i in range(60)]
+
+
+def write_tiny_encoder(directory, kind: str = "bert", dropout: float = 0.0, seed: int = 0):
+    """A tiny random encoder without a head, in the Hub layout, with a WordPiece vocab.txt whose
+    words make the keyword task below; written by model.py itself (no transformers needed)."""
+    import model
+    from safetensors.torch import save_file
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + KEYWORDS + FILLER
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    cfg = model.Config(model_type=kind, vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=64, max_position_embeddings=80,
+                       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, initializer_range=0.1)
+    torch.manual_seed(seed)
+    net = model.Classifier(cfg, num_labels=2)
+    state = {k: v for k, v in model.ours_to_hub(net.state_dict(), cfg).items() if not k.startswith("classifier.")}
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps({"model_type": kind, **{
+        k: getattr(cfg, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                     "intermediate_size", "max_position_embeddings", "hidden_dropout_prob",
+                                     "attention_probs_dropout_prob", "initializer_range")}}))
+    return directory
+
+
+def write_keyword_task(directory, sizes=(301, 50, 101), seed: int = 0):
+    """An acl-format data dir (acl/{train,dev,test}.jsonl) whose label is the one keyword in the text."""
+    import random
+    rng = random.Random(seed)
+    labels = ["Uses", "Future", "CompareOrContrast", "Motivation", "Extends", "Background"]
+    (directory / "acl").mkdir(parents=True, exist_ok=True)
+    for split, n in zip(("train", "dev", "test"), sizes):
+        with open(directory / "acl" / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                k = rng.randrange(6)
+                words = rng.choices(FILLER, k=rng.randrange(2, 30))
+                words.insert(rng.randrange(len(words) + 1), KEYWORDS[k])
+                f.write(json.dumps({"text": " ".join(words), "label": labels[k], "metadata": {}}) + "\n")
+    return directory

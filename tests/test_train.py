@@ -1,0 +1,194 @@
+"""train.py end to end on a tiny model and a learnable keyword task.
+
+Oracles: one process for DDP (torchrun, 2 ranks, gloo on CPU), an uninterrupted run for resume.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, write_keyword_task, write_tiny_encoder
+from safetensors.torch import load_file
+
+import train
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    return {"enc": write_tiny_encoder(root / "enc"), "enc_dropout": write_tiny_encoder(root / "enc_dropout", dropout=0.1),
+            "roberta": write_tiny_encoder(root / "roberta", kind="roberta"), "data": write_keyword_task(root / "data")}
+
+
+def args(task, out, *extra, model="enc", epochs=3):
+    return ["--dataset", "acl", "--model", str(task[model]), "--data-dir", str(task["data"]), "--out", str(out),
+            "--epochs", str(epochs), "--lr", "3e-3", "--batch-size", "32", "--max-length", "64", *extra]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per rank; and the same float order in every run
+
+
+def run_cli(argv, torchrun: int = 0, **kwargs):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] \
+        if torchrun else [sys.executable]
+    return subprocess.run([*launcher, str(ROOT / "train.py"), *argv], capture_output=True, text=True, env=ENV,
+                          timeout=300, **kwargs)
+
+
+def seed_dir(out, name="enc", seed=1):
+    return out / "acl" / name / f"seed{seed}"
+
+
+def read_metrics(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_learns_the_keyword_task(task, tmp_path):
+    (result,) = train.main(args(task, tmp_path, epochs=12))
+    assert result["test"]["accuracy"] >= 0.95 and result["dev"]["accuracy"] >= 0.95
+    assert result["test"]["n"] == 101 and result["dev"]["n"] == 50
+    records = read_metrics(seed_dir(tmp_path) / "metrics.jsonl")
+    evals = [r for r in records if r["split"] == "test"]
+    assert [r["epoch"] for r in evals] == list(range(1, 13))
+    assert evals[-1]["accuracy"] == result["test"]["accuracy"]  # the LAST epoch, not the best one
+    train_losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert train_losses[-1] < 0.5 * train_losses[0]
+    config = json.loads((seed_dir(tmp_path) / "config.json").read_text())
+    assert config["seed"] == 1 and config["world_size"] == 1 and config["lr"] == 3e-3
+    assert config["versions"]["torch"] == torch.__version__ and "git_commit" in config
+
+
+def _weights(run_dir, adapter=False):
+    return load_file(run_dir / "model" / ("adapter.safetensors" if adapter else "model.safetensors"))
+
+
+@pytest.mark.parametrize("adapter", [False, True], ids=["full", "adapter"])
+def test_ddp_two_ranks_match_one_process(task, tmp_path, adapter):
+    """301 examples in global batches of 32: the last batch is short (13). Two ranks x micro-batch 8 x 2
+    accumulation steps must give the single process's update, up to float summation order."""
+    extra = ["--save", *(["--adapter", "--bottleneck", "8"] if adapter else [])]
+    one = run_cli(args(task, tmp_path / "one", *extra))
+    two = run_cli(args(task, tmp_path / "two", *extra, "--micro-batch-size", "8"), torchrun=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    name = "enc-adapter" if adapter else "enc"
+    a, b = _weights(seed_dir(tmp_path / "one", name), adapter), _weights(seed_dir(tmp_path / "two", name), adapter)
+    assert a.keys() == b.keys()
+    for k in a:
+        if "attention.self.key.bias" in k:
+            # The key bias adds the same q.b to every score of a query, and softmax ignores a shift, so its
+            # true gradient is exactly 0: Adam turns the float round-off there into full-size steps.
+            continue
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+    ra = json.loads((seed_dir(tmp_path / "one", name) / "result.json").read_text())
+    rb = json.loads((seed_dir(tmp_path / "two", name) / "result.json").read_text())
+    for split in ("dev", "test"):
+        assert rb[split]["n"] == ra[split]["n"]  # odd-sized splits: every example scored exactly once
+        for m in ("accuracy", "f1_macro", "f1_micro"):
+            assert rb[split][m] == ra[split][m]
+        assert rb[split]["loss"] == pytest.approx(ra[split]["loss"], abs=1e-5)
+    assert json.loads((seed_dir(tmp_path / "two", name) / "config.json").read_text())["world_size"] == 2
+
+
+def test_kill_and_resume_equals_uninterrupted(task, tmp_path):
+    argv = args(task, tmp_path / "killed", "--save", "--checkpoint-every", "3", model="enc_dropout", epochs=20)
+    ref = run_cli(args(task, tmp_path / "ref", "--save", model="enc_dropout", epochs=20))
+    assert ref.returncode == 0, ref.stderr
+
+    run = seed_dir(tmp_path / "killed", "enc_dropout")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "result.json").exists(), "the run finished before it was killed: the test proved nothing"
+
+    stopped = run_cli(argv)  # without --resume an interrupted run is not overwritten
+    assert stopped.returncode == 2 and "pass --resume" in stopped.stderr
+    resumed = run_cli(argv + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout and not (run / "checkpoint.pt").exists()
+
+    a, b = _weights(seed_dir(tmp_path / "ref", "enc_dropout")), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((seed_dir(tmp_path / "ref", "enc_dropout") / "result.json").read_text())
+    rb = json.loads((run / "result.json").read_text())
+    assert ra["test"] == rb["test"] and ra["dev"] == rb["dev"]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "examples_per_s"} for r in rs]  # noqa: E731
+    assert strip(read_metrics(run / "metrics.jsonl")) == strip(read_metrics(seed_dir(tmp_path / "ref", "enc_dropout")
+                                                                            / "metrics.jsonl"))
+
+
+def test_resume_refuses_other_settings(task, tmp_path, monkeypatch):
+    real_evaluate = train.Run.evaluate
+
+    def crash_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C after the epoch-1 checkpoint
+        return real_evaluate(self, epoch)
+
+    monkeypatch.setattr(train.Run, "evaluate", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args(task, tmp_path, epochs=2))
+    monkeypatch.undo()
+    assert (seed_dir(tmp_path) / "checkpoint.pt").exists()
+    with pytest.raises(ValueError, match=r"--lr 0.003 \(now 0.001\)"):
+        train.main(args(task, tmp_path, "--lr", "1e-3", "--resume", epochs=2))
+    (result,) = train.main(args(task, tmp_path, "--resume", epochs=2))
+    assert result["epochs"] == 2 and not (seed_dir(tmp_path) / "checkpoint.pt").exists()
+
+
+def test_seeds_repeat_and_finished_seeds_are_skipped(task, tmp_path, capsys):
+    r1, r2 = train.main(args(task, tmp_path, "--seeds", "1", "2", epochs=1))
+    assert r1["seed"] == 1 and r2["seed"] == 2 and r1["test"] != r2["test"]
+    assert train.main(args(task, tmp_path, "--seeds", "1", "2", "3", epochs=1))[0]["seed"] == 3
+    assert "seed 1: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu(task, tmp_path, precision):
+    (result,) = train.main(args(task, tmp_path, "--precision", precision, epochs=2))
+    config = json.loads((seed_dir(tmp_path) / "config.json").read_text())
+    assert config["autocast_dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_metrics(seed_dir(tmp_path) / "metrics.jsonl"))
+    assert result["test"]["n"] == 101
+
+
+def test_roberta_adapter_run_saves_only_adapters(task, tmp_path):
+    (result,) = train.main(args(task, tmp_path, "--adapter", "--save", model="roberta", epochs=1))
+    saved = seed_dir(tmp_path, "roberta-adapter") / "model"
+    assert sorted(p.name for p in saved.iterdir()) == ["adapter.safetensors", "adapter_config.json"]
+    assert result["trainable_params"] < result["total_params"]
+    assert sum(t.numel() for t in _weights(saved.parent, adapter=True).values()) == result["trainable_params"]
+
+
+def test_nan_loss_stops_with_a_clear_message(task, tmp_path):
+    out = run_cli(args(task, tmp_path, "--lr", "1e4", "--max-grad-norm", "0", "--precision", "fp16"))
+    assert out.returncode == 2
+    assert "NaN/inf at step" in out.stderr and "--precision bf16 or fp32" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--dataset", "imdb"], "invalid choice: 'imdb'"),
+    (["--model", "/no/such/model"], "neither a local directory nor a Hub model repo"),
+    (["--micro-batch-size", "5"], "--batch-size 32 is not divisible by 1 rank(s) x --micro-batch-size 5"),
+    (["--max-length", "100"], "--max-length 100 is above what"),
+    (["--bottleneck", "16"], "need --adapter"),
+    (["--data-dir", "/no/such/data"], "/no/such/data"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+])
+def test_cli_errors(task, tmp_path, extra, message):
+    out = run_cli(args(task, tmp_path) + extra)
+    assert out.returncode == 2
+    assert message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    if "imdb" in extra:
+        assert all(name in out.stderr for name in ("acl", "agnews", "restaurant"))  # the error lists the names

@@ -1,0 +1,527 @@
+"""Fine-tune a BERT-family encoder (or only its adapters) for text classification.
+
+The same file runs on one CPU, one GPU, or many GPUs under torchrun:
+
+    python train.py --dataset restaurant --model roberta-base --seeds 1 2 3
+    torchrun --nproc_per_node=8 train.py --dataset agnews
+
+--batch-size is the GLOBAL batch (ranks x micro-batch x accumulation steps), so the same command
+gives the same optimisation on 1 GPU or 8. Each seed writes runs/<dataset>/<model>[-adapter]/seed<k>/
+(config.json, metrics.jsonl, result.json); a seed whose result.json exists is skipped, and
+--resume continues an interrupted seed from its last checkpoint. This is the only file that
+touches torch.distributed. The loop follows karpathy/nanoGPT's train.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import adapter
+import data
+import eval as evaluation
+import model
+
+# (epochs, learning rate) of the experiment report this project reproduces. The report gives adapter
+# settings for agnews only; its adapter learning rate is used for the other two datasets as well.
+REPORT_DEFAULTS = {
+    "full": {"restaurant": (4, 1e-5), "acl": (4, 1e-5), "agnews": (5, 2e-5), "agnews-full": (5, 2e-5)},
+    "adapter": {"restaurant": (4, 5e-5), "acl": (4, 5e-5), "agnews": (6, 5e-5), "agnews-full": (6, 5e-5)},
+}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def opt(default, help, **argparse_kwargs):
+    """A TrainConfig field that also describes its command-line flag."""
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = opt(None, "dataset name", choices=sorted(data.DATASETS), required=True)
+    model: str = opt("roberta-base", "Hub id, alias (roberta-base, bert-base-uncased, scibert) or local directory")
+    model_name: str | None = opt(None, "the run folder's model name (default: from --model)")
+    adapter: bool = opt(False, "train bottleneck adapters, LayerNorms and the head; freeze the rest")
+    bottleneck: int | None = opt(None, "adapter bottleneck size (default 64; needs --adapter)", type=int)
+    adapter_placement: str | None = opt(None, "houlsby: after attention and FFN (default); pfeiffer: after FFN only",
+                                        choices=("houlsby", "pfeiffer"))
+    freeze_layernorm: bool = opt(False, "with --adapter: freeze LayerNorms too (AdapterHub's recipe)")
+    seeds: list[int] = opt((1,), "seeds to run one after another", type=int, nargs="+")
+    epochs: int | None = opt(None, "epochs (default: the report's, per dataset)", type=int)
+    batch_size: int = opt(64, "GLOBAL batch size: all ranks x micro-batch x accumulation steps", type=int)
+    micro_batch_size: int | None = opt(None, "per-rank micro-batch (default: batch-size / ranks, no accumulation)",
+                                       type=int)
+    lr: float | None = opt(None, "peak learning rate (default: the report's, per dataset)", type=float)
+    weight_decay: float = opt(0.01, "AdamW weight decay, applied to weight matrices only", type=float)
+    warmup_ratio: float = opt(0.1, "share of steps with linear warm-up; then linear decay to 0", type=float)
+    max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", type=float)
+    max_length: int = opt(256, "truncate inputs to this many tokens (pairs: the longer side first)", type=int)
+    eval_batch_size: int = opt(128, "per-rank evaluation batch size", type=int)
+    precision: str = opt("auto", "auto: bf16 on GPUs that have it, else fp16 + GradScaler; fp32 on CPU",
+                         choices=PRECISIONS)
+    device: str | None = opt(None, "cpu or cuda (default: cuda when available)", choices=("cpu", "cuda"))
+    compile: bool = opt(False, "torch.compile the model")
+    data_dir: str | None = opt(None, "local dataset folder in the layout of shared/data (default: the Hub)")
+    out: str = opt("runs", "output folder")
+    save: bool = opt(False, "save the final model (or only the adapters) in <run>/model/")
+    resume: bool = opt(False, "continue interrupted seeds from their last checkpoint")
+    log_every: int = opt(10, "log the training loss every N optimizer steps", type=int)
+    checkpoint_every: int = opt(200, "also checkpoint every N steps (0: only at epoch ends)", type=int)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for f in dataclasses.fields(TrainConfig):
+        kwargs = dict(f.metadata)
+        if f.type == "bool":
+            kwargs["action"] = "store_true"
+        elif "required" not in kwargs:
+            kwargs["default"] = f.default
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    cfg.seeds = list(cfg.seeds)
+    return cfg
+
+
+def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
+    """Fill in the per-dataset defaults and reject settings that contradict each other."""
+    if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
+        raise ValueError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
+    epochs, lr = REPORT_DEFAULTS["adapter" if cfg.adapter else "full"][cfg.dataset]
+    cfg = dataclasses.replace(
+        cfg, epochs=epochs if cfg.epochs is None else cfg.epochs, lr=lr if cfg.lr is None else cfg.lr,
+        bottleneck=(64 if cfg.bottleneck is None else cfg.bottleneck) if cfg.adapter else None,
+        adapter_placement=(cfg.adapter_placement or "houlsby") if cfg.adapter else None,
+        micro_batch_size=max(cfg.batch_size // world_size, 1) if cfg.micro_batch_size is None else cfg.micro_batch_size)
+    for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "eval_batch_size", "log_every",
+                 *(["bottleneck"] if cfg.adapter else [])):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.warmup_ratio < 1 or cfg.max_grad_norm < 0:
+        raise ValueError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ValueError(f"--seeds has duplicates: {cfg.seeds}")
+    if cfg.batch_size % (world_size * cfg.micro_batch_size):
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
+                         f"--micro-batch-size {cfg.micro_batch_size}; pick a global batch that is")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None = None) -> Dist:
+    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python train.py` is a world of one."""
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA GPU")
+    if "RANK" not in os.environ:
+        return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
+    rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if use_cuda:
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        dist.init_process_group("nccl", device_id=dev)
+    else:
+        dev = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return Dist(rank, world_size, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> None:
+    """In place: the sum over ranks (a no-op on one process). eval.py reduces through this."""
+    if dist.is_initialized():
+        dist.all_reduce(t)
+
+
+def all_gather(obj) -> list:
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def print0(*args) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, flush=True)
+
+
+# ----------------------------------------------------------------------------- setup pieces
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype; None means plain fp32."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--precision bf16, but {torch.cuda.get_device_name(device)} has no bf16; use fp16")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device):
+    """AdamW over trainable parameters only (frozen ones get no state); decay only weight matrices."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # biases, LayerNorms
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to 0 (transformers' formula)
+        if step < warmup:
+            return step / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def environment(d: Dist, dtype) -> dict:
+    from importlib.metadata import version
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {
+        "versions": {"python": platform.python_version(),
+                     **{p: version(p) for p in ("torch", "tokenizers", "numpy", "safetensors", "huggingface_hub")}},
+        "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"cpu ({platform.machine()})",
+        "cpu_threads": torch.get_num_threads(), "world_size": d.world_size,
+        "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "none (fp32)",
+        "git_commit": commit, "git_dirty": dirty, "host": platform.node(),
+    }
+
+
+def model_slug(cfg: TrainConfig) -> str:
+    if cfg.model_name:
+        return cfg.model_name
+    path = Path(cfg.model)
+    name = path.name if path.is_dir() else cfg.model.replace("/", "--")
+    return name + ("-adapter" if cfg.adapter else "")
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_max_allocated"}
+    # Linux reports ru_maxrss in KiB: the whole process's high-water mark, data and earlier seeds included
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "process_max_rss"}
+
+
+# ----------------------------------------------------------------------------- one seed
+
+
+class Run:
+    """One seed: model, optimizer and schedule, the loop, evaluation, checkpoints, results."""
+
+    # settings that must not change when a run is resumed (the others, e.g. micro-batch, may)
+    FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
+                       "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision")
+
+    def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], d: Dist, run_dir: Path):
+        self.cfg, self.seed, self.splits, self.d, self.dir = cfg, seed, splits, d, run_dir
+        self.labels = data.DATASETS[cfg.dataset].labels
+        self.dtype = autocast_dtype(cfg.precision, d.device)
+        self.autocast = (functools.partial(torch.autocast, d.device.type, dtype=self.dtype) if self.dtype
+                         else contextlib.nullcontext)
+
+        torch.manual_seed(seed)  # the new head's init and dropout follow the seed; data order has its own RNG
+        net = model.from_pretrained(cfg.model, num_labels=len(self.labels))
+        if cfg.adapter:  # freeze before DDP and before the optimizer: neither keeps anything for frozen weights
+            adapter.add_adapters(net, bottleneck=cfg.bottleneck, placement=cfg.adapter_placement,
+                                 freeze_layernorm=cfg.freeze_layernorm, verbose=d.master)
+        self.model = net.to(d.device)
+        self.pad_id = net.config.pad_token_id
+        self.trainable = [p for p in net.parameters() if p.requires_grad]
+        self.n_trainable = sum(p.numel() for p in self.trainable)
+        self.n_params = sum(p.numel() for p in net.parameters())
+        if cfg.compile:
+            net = torch.compile(net)
+        if d.world_size > 1:
+            net = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        self.net = net
+
+        self.steps_per_epoch = math.ceil(len(splits["train"]) / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps, d.device)
+        self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.dtype == torch.float16)
+        self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
+        self.window = torch.zeros(2, dtype=torch.float64, device=d.device)  # train loss sum, examples since last log
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=d.device)  # first step with a NaN/inf loss
+
+    # --- files
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def log(self, record: dict) -> None:
+        if self.d.master:
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self) -> None:
+        """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
+        per_rank = all_gather({"rng": torch.get_rng_state(), "window": self.window.cpu(),
+                               "cuda_rng": torch.cuda.get_rng_state(self.d.device) if self.d.device.type == "cuda" else None})
+        if not self.d.master:
+            return
+        metrics = self.dir / "metrics.jsonl"
+        state = {
+            "model": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "ranks": per_rank,
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "elapsed": self.elapsed + time.perf_counter() - self.t0,
+            "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
+            "config": dataclasses.asdict(self.cfg), "world_size": self.d.world_size,
+        }
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        changed = [k for k in self.FIXED_ON_RESUME if state["config"][k] != getattr(self.cfg, k)]
+        if changed:
+            was = ", ".join(f"--{k.replace('_', '-')} {state['config'][k]} (now {getattr(self.cfg, k)})" for k in changed)
+            raise ValueError(f"{self.checkpoint_path} was written with {was}; resume with the same settings, "
+                             f"or delete {self.dir} to start over")
+        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and n not in state["model"]]
+        if missing:
+            raise ValueError(f"{self.checkpoint_path} lacks {missing[0]}: it belongs to another model")
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.elapsed = state["elapsed"]
+        if state["world_size"] == self.d.world_size:
+            mine = state["ranks"][self.d.rank]
+            torch.set_rng_state(mine["rng"])
+            if mine["cuda_rng"] is not None and self.d.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda_rng"], self.d.device)
+            self.window = mine["window"].to(self.d.device)
+        else:
+            print0(f"note: resumed on {self.d.world_size} rank(s), checkpoint has {state['world_size']}: the data "
+                   "order is the same, dropout randomness is not")
+        if self.d.master:  # drop log lines written after the checkpoint; they will be written again
+            with open(self.dir / "metrics.jsonl", "r+") as f:
+                f.truncate(state["metrics_bytes"])
+        print0(f"resumed {self.dir} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
+
+    # --- the loop
+
+    def train_step(self, batch: torch.Tensor) -> None:
+        """One optimizer step on one global batch, split over ranks and micro-batches."""
+        cfg, d, enc = self.cfg, self.d, self.splits["train"]
+        pieces = data.shard_batch(batch, d.rank, d.world_size, cfg.micro_batch_size)
+        for j, idx in enumerate(pieces):
+            b = {k: v.to(d.device, non_blocking=True)
+                 for k, v in data.collate(enc, idx, self.pad_id, max_length=cfg.max_length).items()}
+            last = j == len(pieces) - 1
+            with contextlib.nullcontext() if last or d.world_size == 1 else self.net.no_sync():
+                with self.autocast():
+                    logits = self.net(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                loss = F.cross_entropy(logits.float(), b["labels"], reduction="sum")
+                # Micro-step gradients add up and DDP averages over ranks: scaling each SUMMED loss by
+                # world_size / len(batch) makes the update the exact mean over the global batch.
+                self.scaler.scale(loss * (d.world_size / len(batch))).backward()
+            self.window += torch.stack([loss.detach().double(), loss.new_tensor(len(idx), dtype=torch.float64)])
+            self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                         self.step + 1, self.first_bad)
+        if cfg.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
+            torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    def log_train(self, epoch_progress: float, examples_since: float, seconds: float, bar) -> None:
+        totals = torch.cat([self.window, (self.first_bad >= 0).double()[None]])
+        all_reduce_sum(totals)  # one collective: loss sum, examples, ranks that saw a NaN/inf loss
+        loss_sum, n, bad = totals.tolist()
+        if bad:
+            where = f"at step {self.first_bad.item()}" if self.first_bad >= 0 else f"by step {self.step}"
+            raise FloatingPointError(
+                f"the training loss became NaN/inf {where} (seed {self.seed}); try --precision bf16 or fp32, "
+                f"or a lower --lr than {self.cfg.lr:g}")
+        record = {"step": self.step, "epoch": round(epoch_progress, 4), "split": "train", "loss": loss_sum / n,
+                  "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples_since / seconds}
+        self.window.zero_()
+        self.log(record)
+        line = (f"step {self.step:6d}/{self.total_steps} | epoch {epoch_progress:5.2f} | loss {record['loss']:.4f} "
+                f"| lr {record['lr']:.2e} | {record['examples_per_s']:7.1f} ex/s")
+        if bar.disable:
+            print0(line)
+        else:
+            bar.set_postfix_str(line.split("| ", 2)[-1])
+
+    def evaluate(self, epoch: int) -> dict:
+        results = {}
+        for split in [s for s in self.splits if s != "train"]:  # dev (acl) and test
+            m = evaluation.evaluate(self.model, self.splits[split], len(self.labels), pad_id=self.pad_id,
+                                    device=self.d.device, batch_size=self.cfg.eval_batch_size,
+                                    max_length=self.cfg.max_length, autocast=self.autocast, rank=self.d.rank,
+                                    world_size=self.d.world_size, reduce=all_reduce_sum)
+            results[split] = m
+            self.log({"step": self.step, "epoch": epoch, "split": split,
+                      **{k: m[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")}})
+            print0(f"epoch {epoch} {split:>4} | loss {m['loss']:.4f} | acc {100 * m['accuracy']:.2f} "
+                   f"| macro-F1 {100 * m['f1_macro']:.2f} | micro-F1 {100 * m['f1_micro']:.2f} | n {m['n']}")
+        return results
+
+    def run(self) -> dict:
+        cfg, d = self.cfg, self.d
+        if cfg.resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+        elif d.master:
+            (self.dir / "metrics.jsonl").write_text("")
+        self.t0 = time.perf_counter()
+        results = {}
+        enc = self.splits["train"]
+        for epoch in range(self.epoch, cfg.epochs):
+            self.epoch = epoch
+            batches = data.train_batches(enc.lengths, cfg.batch_size, self.seed, epoch)
+            bar = tqdm(total=len(batches), initial=self.batch_in_epoch, desc=f"seed {self.seed} epoch {epoch + 1}",
+                       disable=None if d.master else True, dynamic_ncols=True, leave=False)
+            t_log, n_log = time.perf_counter(), 0
+            for i in range(self.batch_in_epoch, len(batches)):
+                self.model.train()
+                self.train_step(batches[i])
+                self.batch_in_epoch = i + 1
+                n_log += len(batches[i])
+                bar.update()
+                if self.step % cfg.log_every == 0 or i == len(batches) - 1:
+                    self.log_train(epoch + (i + 1) / len(batches), n_log, time.perf_counter() - t_log, bar)
+                    t_log, n_log = time.perf_counter(), 0
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and i < len(batches) - 1:
+                    self.save_checkpoint()
+            bar.close()
+            results = self.evaluate(epoch + 1)
+            self.epoch, self.batch_in_epoch = epoch + 1, 0
+            if epoch + 1 < cfg.epochs:
+                self.save_checkpoint()
+        return self.finish(results)
+
+    def finish(self, results: dict) -> dict:
+        wall = self.elapsed + time.perf_counter() - self.t0
+        result = {"dataset": self.cfg.dataset, "model": self.cfg.model, "adapter": self.cfg.adapter, "seed": self.seed,
+                  "epochs": self.cfg.epochs, "steps": self.step, **results, "wall_time_s": wall,
+                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params}
+        if self.d.master:
+            if self.cfg.save:
+                if self.cfg.adapter:
+                    adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
+                else:
+                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels))
+            write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
+            self.checkpoint_path.unlink(missing_ok=True)
+        return result
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def prepare(cfg: TrainConfig) -> tuple[dict[str, data.Encoded], model.Config]:
+    """Read and tokenize every split once; all seeds share them."""
+    mcfg = model.load_config(cfg.model)
+    if cfg.max_length > mcfg.max_length:
+        raise ValueError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
+                         f"({mcfg.max_length} positions); use --max-length {mcfg.max_length} or less")
+    tok = model.load_tokenizer(cfg.model)
+    info = data.DATASETS[cfg.dataset]
+    splits = {s: data.encode(data.load_split(cfg.dataset, s, cfg.data_dir), tok, cfg.max_length) for s in info.splits}
+    return splits, mcfg
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    cfg = parse_args(argv)
+    d = setup_distributed(cfg.device)
+    try:
+        cfg = resolve(cfg, d.world_size)
+        splits, mcfg = prepare(cfg)
+        sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
+        print0(f"{cfg.dataset} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
+               f"{d.world_size} x {d.device.type} | batch {cfg.batch_size} = {d.world_size} rank(s) x "
+               f"{cfg.micro_batch_size} x {cfg.batch_size // (d.world_size * cfg.micro_batch_size)} accumulation "
+               f"| lr {cfg.lr:g} | {cfg.epochs} epochs")
+        results = []
+        for seed in cfg.seeds:
+            run_dir = Path(cfg.out) / cfg.dataset / model_slug(cfg) / f"seed{seed}"
+            if (run_dir / "result.json").exists():
+                print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
+                continue
+            if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
+                raise ValueError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
+                                 "it, or delete the folder to start over")
+            run = Run(cfg, seed, splits, d, run_dir)
+            if d.master:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(run_dir / "config.json", {
+                    **dataclasses.asdict(cfg), "seed": seed, "labels": list(run.labels),
+                    "split_sizes": {s: len(e) for s, e in splits.items()}, "steps_per_epoch": run.steps_per_epoch,
+                    "trainable_params": run.n_trainable, "total_params": run.n_params, **environment(d, run.dtype)})
+            if d.world_size > 1:
+                dist.barrier()  # the folder exists before any rank writes to it
+            print0(f"seed {seed}: {run.n_trainable:,} of {run.n_params:,} parameters trainable -> {run_dir}")
+            results.append(run.run())
+        return results
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # bad input: the message says what to do
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
