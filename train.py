@@ -58,7 +58,7 @@ def opt(default, help, **argparse_kwargs):
 class TrainConfig:
     dataset: str = opt(None, "dataset name", choices=sorted(data.DATASETS), required=True)
     model: str = opt("roberta-base", "Hub id, alias (roberta-base, bert-base-uncased, scibert) or local directory")
-    model_name: str | None = opt(None, "the run folder's model name (default: from --model)")
+    model_name: str | None = opt(None, "name of the model in the run folder (default: from --model)")
     adapter: bool = opt(False, "train bottleneck adapters, LayerNorms and the head; freeze the rest")
     bottleneck: int | None = opt(None, "adapter bottleneck size (default 64; needs --adapter)", type=int)
     adapter_placement: str | None = opt(None, "houlsby: after attention and FFN (default); pfeiffer: after FFN only",
@@ -232,10 +232,9 @@ def environment(d: Dist, dtype) -> dict:
 
 
 def model_slug(cfg: TrainConfig) -> str:
-    if cfg.model_name:
-        return cfg.model_name
+    """The run folder's model name: --model-name, else the alias, Hub id or directory name; + -adapter."""
     path = Path(cfg.model)
-    name = path.name if path.is_dir() else cfg.model.replace("/", "--")
+    name = cfg.model_name or (path.name if path.is_dir() else cfg.model.replace("/", "--"))
     return name + ("-adapter" if cfg.adapter else "")
 
 

@@ -1,0 +1,679 @@
+"""How much GPU memory fine-tuning takes, and how much adapters save: derived, then measured.
+
+The experiment report this project reproduces says fine-tuning a 3B model needs 30 GB (6 GB fp16
+weights + 6 GB gradients + 12 GB Adam + 6 GB assumed activations) and that PEFT saves most of it,
+assuming activations do not change. Mixed-precision training does not work that way: torch.autocast
+keeps fp32 weights (the master copy), fp32 gradients and two fp32 Adam moments, 16 bytes per
+parameter before activations, and frozen weights DO shrink the activations autograd keeps.
+
+- `estimate(cfg, batch_size, seq_len, ...)`: a `Breakdown` in bytes. The activation term is what
+  OUR encoder (model.py, adapter.py) saves for backward, derived tensor by tensor in
+  `_encoder_saved`; the comments there say which op keeps which tensor and why.
+- `measure(cfg, batch_size, seq_len, ...)`: one real forward + backward + optimizer step that counts
+  what autograd saves (`saved_tensors_hooks`, each storage once) and the bytes of parameters,
+  gradients and optimizer state afterwards. On the meta device a bert-large (or 3B) shaped model
+  costs no memory; on CUDA it also reports `torch.cuda.max_memory_allocated`.
+- `report_numbers(params)`: the report's two answers under its own assumptions.
+
+Precision modes (`PRECISIONS`): "fp32"; "amp-bf16" / "amp-fp16" = torch.autocast, as train.py
+does: fp32 parameters are the master weights, autocast casts each Linear weight to 16 bits on use
+and autograd keeps that copy for backward (the `weights` line); "bf16" = the whole model in bf16,
+no master copy. GB means 1e9 bytes throughout, as in the report.
+
+Checked (tests/test_memory.py): on meta and CPU the derived activations equal what autograd saves,
+byte for byte, for BERT and RoBERTa, full and adapters, fp32 / bf16 / AMP, with and without
+checkpointing. Those devices run the math attention path and dropout as a multiply by a mask in
+the activation dtype; the CUDA kernels (flash / memory-efficient SDPA, bool dropout masks) are
+derived from the same reading of PyTorch but not measured here: `measure(device="cuda")` does that.
+
+CLI:  python memory.py --params 3e9            # the report's numbers next to the standard accounting
+      python memory.py --model DIR_OR_HUB_ID --batch-size 64 --seq-len 128 [--adapter 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.checkpoint import checkpoint
+
+import adapter as adapters  # `adapter` is the bottleneck size below
+import model as modeling
+
+GB = 1e9  # the report's unit: 3e9 fp16 weights = 6 GB
+
+
+@dataclass(frozen=True)
+class Precision:
+    param_bytes: int  # parameters (and so gradients and optimizer moments) as stored
+    compute_bytes: int  # matmul inputs and outputs
+    residual_bytes: int  # residual stream and LayerNorm inputs: autocast promotes `half + fp32` to fp32
+    autocast: torch.dtype | None
+
+
+PRECISIONS = {
+    "fp32": Precision(4, 4, 4, None),
+    "amp-bf16": Precision(4, 2, 4, torch.bfloat16),
+    "amp-fp16": Precision(4, 2, 4, torch.float16),
+    "bf16": Precision(2, 2, 2, None),
+}
+OPTIMIZERS = ("adamw", "sgd")  # sgd means SGD with momentum (plain SGD keeps no state)
+ATTENTION = ("flash", "math")  # "flash": flash or memory-efficient SDPA kernels, which save the same tensors
+DEVICES = ("cuda", "cpu", "meta")
+PLACEMENTS = ("houlsby", "pfeiffer")
+
+
+@dataclass
+class Breakdown:
+    """Bytes per kind of memory. `weights` are the weights the matmuls use (the fp32 parameters,
+    the bf16 parameters, or under AMP the 16-bit copies autograd keeps); `master_weights` are fp32
+    parameters kept beside those copies (AMP only)."""
+
+    weights: int
+    master_weights: int
+    gradients: int
+    optimizer: int
+    activations: int  # saved for backward, held from the forward until backward frees them
+    transient: int = 0  # the largest buffer that lives only inside one op or its backward
+    transient_what: str = ""
+    params: int = 0
+    trainable: int = 0
+    terms: dict = field(default_factory=dict)  # activations by kind (estimate only), for the curious
+    peak_allocated: int | None = None  # torch.cuda.max_memory_allocated (measure on CUDA only)
+
+    @property
+    def total(self) -> int:
+        """An upper bound on the steady-state peak, without device overheads (see `OVERHEAD_NOTE`)."""
+        return self.weights + self.master_weights + self.gradients + self.optimizer + self.activations + self.transient
+
+
+OVERHEAD_NOTE = ("not included: CUDA context (~0.3-1 GB, depends on the GPU and the kernels loaded) and "
+                 "allocator fragmentation (reserved minus allocated, workload-dependent)")
+
+
+# --------------------------------------------------------------------------- checking inputs
+
+
+def _positive(**sizes) -> None:
+    for name, value in sizes.items():
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0 or value != int(value)):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement) -> None:
+    _positive(batch_size=batch_size, seq_len=seq_len, adapter=adapter)
+    if num_labels < 2:
+        raise ValueError(f"num_labels must be at least 2, got {num_labels}")
+    _choice("precision", precision, PRECISIONS)
+    _choice("optimizer", optimizer, OPTIMIZERS)
+    _choice("placement", placement, PLACEMENTS)
+    if seq_len > cfg.max_length:
+        raise ValueError(f"seq_len {seq_len} is longer than the model's position table allows ({cfg.max_length})")
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def load_config(name_or_path: str) -> modeling.Config:
+    """config.json of a local directory, a Hub id or an alias, read the way model.from_pretrained reads it."""
+    try:
+        return modeling.load_config(name_or_path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}\n(memory.py needs only config.json: pass a directory holding it, "
+                                "or use --params N for a generic shape)") from None
+
+
+def generic_config(params: float, hidden: int = 2560, layers: int | None = None, heads: int | None = None,
+                   vocab: int = 50265, ffn: int | None = None, max_positions: int = 512) -> modeling.Config:
+    """A BERT-style encoder of about `params` parameters, for `--params N` (the report names no model).
+
+    Defaults: hidden 2560, FFN 4x hidden, 128-wide heads, roberta's vocabulary; the number of layers
+    is solved from N (36 for 3e9, i.e. 2.97e9 parameters; `estimate(params=N)` bills exactly N).
+    """
+    _positive(params=round(params), hidden=hidden, layers=layers, heads=heads, vocab=vocab, ffn=ffn)
+    heads = heads or max(1, hidden // 128)
+    if hidden % heads:
+        raise ValueError(f"hidden {hidden} is not a multiple of heads {heads}")
+    cfg = modeling.Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=0, num_attention_heads=heads,
+                          intermediate_size=ffn or 4 * hidden, max_position_embeddings=max_positions)
+    if layers is None:
+        fixed = count_parameters(cfg).total
+        per_layer = count_parameters(replace(cfg, num_hidden_layers=1)).total - fixed
+        layers = max(1, round((params - fixed) / per_layer))
+    return replace(cfg, num_hidden_layers=layers)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass
+class ParamCount:
+    total: int
+    trainable: int
+    trainable_tensors: int  # AdamW keeps one 4-byte step counter per tensor
+
+
+def count_parameters(cfg: modeling.Config, num_labels: int = 3, adapter: int | None = None,
+                     placement: str = "houlsby", freeze_layernorm: bool = False) -> ParamCount:
+    """Closed form of `Classifier(cfg, num_labels)` (+ `adapter.add_adapters`); tests check it exactly."""
+    C, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    ln = 2 * C  # weight + bias
+    embeddings = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * C
+    layer = (3 * C * C + 3 * C) + (C * C + C) + (C * F + F) + (F * C + C)  # qkv, attn out, FFN in, FFN out
+    head = (C * C + C) + (C * num_labels + num_labels)  # BERT pooler + classifier, or RoBERTa dense + out_proj
+    n_ln = 1 + 2 * L
+    total = embeddings + L * layer + n_ln * ln + head
+    if adapter is None:
+        return ParamCount(total, total, 3 + 8 * L + 2 * n_ln + 4)  # embeddings, Linears, LayerNorms, head
+    n_adapters = L * (2 if placement == "houlsby" else 1)
+    adapters = n_adapters * (2 * C * adapter + adapter + C)  # down, up with biases
+    trainable = adapters + head + (0 if freeze_layernorm else n_ln * ln)
+    tensors = 4 * n_adapters + 4 + (0 if freeze_layernorm else 2 * n_ln)
+    return ParamCount(total + adapters, trainable, tensors)
+
+
+# --------------------------------------------------------------------------- what autograd saves: the derivation
+
+
+@dataclass
+class _Shape:
+    """Sizes and byte widths one training forward needs; N = B * T tokens."""
+
+    cfg: modeling.Config
+    B: int
+    T: int
+    num_labels: int
+    prec: Precision
+    adapter: int | None
+    placement: str
+    attention: str
+    device: str
+
+    @property
+    def N(self) -> int:
+        return self.B * self.T
+
+    @property
+    def stat_bytes(self) -> int:
+        """LayerNorm's saved mean and rstd: fp32 on CUDA and meta; CPU keeps them in a bf16 input's dtype."""
+        return 2 if self.device == "cpu" and self.prec.residual_bytes == 2 else 4
+
+    def mask(self, elt: int) -> int:
+        """Bytes per element of a dropout mask. CUDA's fused dropout keeps a bool mask; elsewhere
+        (CPU, meta) dropout is `input * (bernoulli / (1 - p))` and keeps that scaled mask in the input's dtype."""
+        return 1 if self.device == "cuda" else elt
+
+
+def _attention_saved(x: _Shape) -> int:
+    """What scaled_dot_product_attention keeps for backward in training."""
+    c, N, BHTT = x.cfg, x.N, x.B * x.cfg.num_attention_heads * x.T * x.T
+    if x.attention == "flash":
+        # flash / memory-efficient kernels: q, k, v (views of the one qkv output), the output, the
+        # padding mask as an additive (B, 1, 1, T) bias and the fp32 logsumexp (B, H, T); dropout is
+        # replayed from the RNG seed, so there is no mask and no T x T tensor
+        s = x.prec.compute_bytes
+        return 4 * N * c.hidden_size * s + x.B * x.T * s + x.B * c.num_attention_heads * x.T * 4
+    # math path (meta always, CPU with dropout): it upcasts q, k, v to fp32, scales q and k (new tensors),
+    # copies v to (B*H, T, hs), and keeps the softmax output; with dropout also the mask and the dropped probs
+    saved = 3 * N * c.hidden_size * 4 + BHTT * 4
+    if c.attention_probs_dropout_prob > 0:
+        saved += BHTT * (x.mask(4) + 4)
+    return saved
+
+
+def _adapter_saved(x: _Shape, saved: Counter, live: bool) -> int:
+    """One Houlsby adapter, x + up(gelu(down(x))); returns the Linear weight elements kept."""
+    C, b, s = x.cfg.hidden_size, x.adapter, x.prec.compute_bytes
+    saved["adapters"] += x.N * C * s + 2 * x.N * b * s  # down's input, GELU's input, up's input
+    return 2 * C * b if live else C * b  # down's weight is needed only if its input wants a gradient
+
+
+def _layer_saved(x: _Shape, live: bool) -> tuple[Counter, int]:
+    """One encoder layer: (bytes by kind, Linear weight elements autograd keeps).
+
+    `live`: whether the layer's input requires grad. It always does, except in layer 0 when the
+    embeddings and their LayerNorm are frozen (adapters with freeze_layernorm): autograd records
+    nothing until the first adapter.
+    """
+    c, N, s, r = x.cfg, x.N, x.prec.compute_bytes, x.prec.residual_bytes
+    C, F = c.hidden_size, c.intermediate_size
+    full, dropout = x.adapter is None, c.hidden_dropout_prob > 0
+    saved, w = Counter(), 0
+    layernorm = N * C * r + 2 * N * x.stat_bytes  # input, mean and rstd (B, T, 1)
+    if live:
+        # a Linear keeps its input only to compute its weight's gradient: frozen Linears keep none
+        # (autograd saves mm's inputs only for the gradients it will compute; test_frozen_linear_keeps_no_input),
+        # but always keep the weight (under AMP: its 16-bit copy) for the input's gradient
+        if full:
+            saved["linear inputs"] += N * C * s  # qkv reads x (under AMP a 16-bit copy of the fp32 stream)
+        saved["attention"] += _attention_saved(x)
+        if full and x.attention == "math":
+            saved["linear inputs"] += N * C * s  # attention.output.dense reads a (B, T, C) copy of SDPA's output
+        w += 3 * C * C + C * C
+        saved["dropout masks"] += N * C * x.mask(s) if dropout else 0
+    if x.adapter and x.placement == "houlsby":
+        w += _adapter_saved(x, saved, live)
+        live = True
+    if live:
+        saved["layernorm"] += layernorm  # under AMP, half + fp32 residual -> fp32
+        saved["linear inputs"] += (N * C * s + N * F * s) if full else 0  # FFN in (cast copy), FFN out
+        saved["gelu"] += N * F * s
+        w += 2 * C * F
+        saved["dropout masks"] += N * C * x.mask(s) if dropout else 0
+    if x.adapter:
+        w += _adapter_saved(x, saved, live)
+    saved["layernorm"] += layernorm
+    return saved, w
+
+
+def _head_saved(x: _Shape) -> tuple[Counter, int]:
+    """Classification head and loss (train.py: cross_entropy(logits.float()) outside autocast)."""
+    c, B, s, r = x.cfg, x.B, x.prec.compute_bytes, x.prec.residual_bytes
+    C, L, BC = c.hidden_size, x.num_labels, x.B * c.hidden_size
+    p = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
+    saved = Counter()
+    # the first dense reads h[:, 0], a VIEW of the last hidden state: autograd then keeps all of h
+    # alive (N x C), unless AMP made a (B, C) copy or RoBERTa's dropout came first
+    first_input = BC * s if (s != r or (c.roberta and p > 0)) else x.N * C * r
+    if c.roberta and p > 0:
+        saved["dropout masks"] += BC * x.mask(r)  # dropout on <s>, in the residual dtype
+    saved["head"] += first_input + BC * s  # dense input, tanh output
+    if p > 0:
+        saved["dropout masks"] += BC * x.mask(s)
+        saved["head"] += BC * s  # the last Linear reads the dropped tanh output
+    saved["head"] += B * L * 4 + B * 8 + 4  # log_softmax output, targets, the loss's total weight
+    return saved, C * C + C * L
+
+
+def _encoder_saved(x: _Shape, freeze_layernorm: bool, checkpointing: bool) -> tuple[Counter, int, dict]:
+    """(activation bytes by kind, Linear weight elements kept, candidate transient buffers)."""
+    c, N, s, r = x.cfg, x.N, x.prec.compute_bytes, x.prec.residual_bytes
+    full = x.adapter is None
+    saved = Counter()
+    if full:  # embedding backward keeps the indices: word and token-type ids (int64), RoBERTa's int32
+        saved["indices"] += 2 * N * 8 + (N * 4 if c.roberta else x.T * 8)  # positions, BERT's arange(T) expanded
+    live = full or not freeze_layernorm
+    if live:
+        saved["layernorm"] += N * c.hidden_size * r + 2 * N * x.stat_bytes
+        saved["dropout masks"] += N * c.hidden_size * x.mask(r) if c.hidden_dropout_prob > 0 else 0
+    first, w_first = _layer_saved(x, live)
+    rest, w_rest = _layer_saved(x, True)
+    head, w_head = _head_saved(x)
+    L = c.num_hidden_layers
+    if checkpointing:  # each layer keeps only its input; backward recomputes one layer at a time
+        saved["layer inputs (checkpointing)"] += L * N * c.hidden_size * r + N  # + the bool attention mask, shared
+        w = w_head
+    else:
+        saved += first + Counter({k: v * (L - 1) for k, v in rest.items()})
+        w = w_first + (L - 1) * w_rest + w_head
+    saved += head
+    amp = x.prec.autocast is not None
+    transients = {
+        "FFN gradients": 2 * N * c.intermediate_size * s,  # GELU's output and input gradients
+        # the math path's score gradients: dprobs and dscores, (B, H, T, T) each, in fp32
+        "attention scores (math)": 2 * x.B * c.num_attention_heads * x.T * x.T * 4 if x.attention == "math" else 0,
+    }
+    if checkpointing:
+        transients["one layer recomputed"] = sum(rest.values()) + (2 * w_rest if amp else 0)
+    return saved, w, transients
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def estimate(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_labels: int = 3,
+             precision: str = "amp-bf16", optimizer: str = "adamw", adapter: int | None = None,
+             placement: str = "houlsby", freeze_layernorm: bool = False, checkpointing: bool = False,
+             attention: str | None = None, device: str = "cuda", params: float | None = None) -> Breakdown:
+    """Memory of one training step, in bytes, by kind.
+
+    `cfg`: a model.Config, or a local directory / Hub id / alias whose config.json to read.
+    `adapter`: bottleneck size (None: full fine-tuning). `device` picks the kernels: dropout masks
+    are bool on "cuda" and in the activation dtype on "cpu"/"meta"; `attention` defaults to
+    "flash" on CUDA and "math" elsewhere (what CPU and meta run when attention dropout is on).
+    `params`: bill exactly this many parameters (for `--params N`); the difference to `cfg`'s own
+    count is treated as encoder Linear weights (trainable under full fine-tuning, frozen with adapters).
+    """
+    if isinstance(cfg, str):
+        cfg = load_config(cfg)
+    _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement)
+    _choice("device", device, DEVICES)
+    if attention is None:  # what PyTorch picks in training: CPU runs its flash kernel only without dropout
+        no_dropout = cfg.attention_probs_dropout_prob == 0
+        attention = "flash" if device == "cuda" or (device == "cpu" and no_dropout) else "math"
+    _choice("attention", attention, ATTENTION)
+    prec = PRECISIONS[precision]
+    x = _Shape(cfg, batch_size, seq_len, num_labels, prec, adapter, placement, attention, device)
+    count = count_parameters(cfg, num_labels, adapter, placement, freeze_layernorm)
+    saved, linear_weights, transients = _encoder_saved(x, freeze_layernorm, checkpointing)
+    if params is not None:
+        _positive(params=round(params))
+        extra = round(params) - count.total
+        if abs(extra) > 0.1 * params:  # the activations come from cfg: it must be a model of about that size
+            raise ValueError(f"the shape has {count.total:.3g} parameters, more than 10% away from "
+                             f"params={params:.3g}; choose layers/hidden near it (generic_config solves the layers)")
+        count = ParamCount(count.total + extra, count.trainable + (extra if adapter is None else 0),
+                           count.trainable_tensors)
+        linear_weights += 0 if checkpointing else extra
+    amp = prec.autocast is not None
+    moments = 2 if optimizer == "adamw" else 1  # AdamW: exp_avg, exp_avg_sq; SGD: momentum buffer
+    step_counters = 4 * count.trainable_tensors if optimizer == "adamw" else 0  # one fp32 scalar per tensor
+    what = max(transients, key=transients.get)
+    return Breakdown(
+        weights=2 * linear_weights if amp else prec.param_bytes * count.total,
+        master_weights=4 * count.total if amp else 0,
+        gradients=prec.param_bytes * count.trainable,
+        optimizer=moments * prec.param_bytes * count.trainable + step_counters,
+        activations=sum(saved.values()),
+        transient=transients[what], transient_what=what,
+        params=count.total, trainable=count.trainable, terms=dict(saved),
+    )
+
+
+# --------------------------------------------------------------------------- measure
+
+
+class _SavedTensors(contextlib.ExitStack):
+    """Counts the storages autograd saves for backward, each once, split into parameters,
+    16-bit copies of parameters (autocast's casts) and activations.
+
+    Storages are told apart by the identity of their Python object: `t.untyped_storage()` returns
+    the same object for every view of one storage while it is alive (we keep it alive), which works
+    on meta tensors too, where there are no data pointers to compare.
+    """
+
+    def __init__(self, params: list[torch.Tensor]):
+        super().__init__()
+        self.params = {id(p.untyped_storage()): p.untyped_storage() for p in params}
+        self.copies, self.seen = {}, {}
+
+    def __enter__(self):
+        super().__enter__()
+        self.enter_context(torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t))
+        self.enter_context(_CastLog(self))
+        return self
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if id(st) not in self.params:
+            self.seen[id(st)] = st
+        return t
+
+    def bytes(self) -> tuple[int, int]:
+        """(activation bytes, weight-copy bytes)."""
+        copies = sum(st.nbytes() for k, st in self.seen.items() if k in self.copies)
+        return sum(st.nbytes() for st in self.seen.values()) - copies, copies
+
+
+class _CastLog(TorchDispatchMode):
+    """Notes every storage made by casting a parameter. Autocast casts in C++, below anything Python
+    can wrap except a dispatch mode (the mechanism torch.utils.flop_counter uses too)."""
+
+    def __init__(self, counter: _SavedTensors):
+        super().__init__()
+        self.counter = counter
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default and id(args[0].untyped_storage()) in self.counter.params:
+            self.counter.copies[id(out.untyped_storage())] = out.untyped_storage()
+        return out
+
+
+class _Checkpointed(nn.Module):
+    """An encoder layer whose activations are recomputed in backward (torch.utils.checkpoint)."""
+
+    def __init__(self, layer: nn.Module, preserve_rng: bool):
+        super().__init__()
+        self.layer, self.preserve_rng = layer, preserve_rng
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return checkpoint(self.layer, x, mask, use_reentrant=False, preserve_rng_state=self.preserve_rng)
+
+
+def _build(cfg, num_labels, prec, adapter, placement, freeze_layernorm, checkpointing, device) -> nn.Module:
+    with device:
+        net = modeling.Classifier(cfg, num_labels)
+    if prec.param_bytes == 2:
+        net.to(torch.bfloat16)
+    if adapter:
+        adapters.add_adapters(net, adapter, placement, freeze_layernorm, verbose=False)
+    if checkpointing:
+        for i, layer in enumerate(net.encoder.layer):
+            net.encoder.layer[i] = _Checkpointed(layer, preserve_rng=device.type != "meta")
+    return net.train()
+
+
+def measure(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_labels: int = 3,
+            precision: str = "fp32", optimizer: str = "adamw", adapter: int | None = None,
+            placement: str = "houlsby", freeze_layernorm: bool = False, checkpointing: bool = False,
+            device: str = "meta", step: bool = True) -> Breakdown:
+    """One real training step on `device`; the same fields as `estimate`, counted from real objects.
+
+    activations: storages saved for backward that are not parameters (each counted once).
+    weights/master_weights: parameter bytes, or under AMP the saved 16-bit copies / the fp32 parameters.
+    gradients, optimizer: bytes of `.grad` and of every optimizer state tensor after the step.
+    On CUDA, `peak_allocated` is torch.cuda.max_memory_allocated over the step. Autocast has no meta
+    backend: measure amp-* on "cpu" (small shapes) or "cuda". `step=False` stops after the forward
+    (activations and weights only; gradients and optimizer are then reported as 0).
+    """
+    if isinstance(cfg, str):
+        cfg = load_config(cfg)
+    _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement)
+    prec, dev = PRECISIONS[precision], torch.device(device)
+    if prec.autocast is not None and dev.type == "meta":
+        raise ValueError(f"{precision} cannot be measured on the meta device (autocast has no meta backend); "
+                         "use device='cpu' with a small config, or 'cuda'")
+    net = _build(cfg, num_labels, prec, adapter, placement, freeze_layernorm, checkpointing, dev)
+    params = list(net.parameters())
+    ids = torch.randint(cfg.pad_token_id + 1, cfg.vocab_size, (batch_size, seq_len), device=dev)  # no padding
+    labels = torch.randint(0, num_labels, (batch_size,), device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    autocast = torch.autocast(dev.type, dtype=prec.autocast) if prec.autocast else contextlib.nullcontext()
+    with _SavedTensors(params) as saved:
+        with autocast:
+            logits = net(ids, torch.ones_like(ids))
+        loss = F.cross_entropy(logits.float(), labels)  # as train.py: the loss in fp32, outside autocast
+    activations, copies = saved.bytes()
+    trainable = [p for p in params if p.requires_grad]
+    opt = (torch.optim.AdamW(trainable, lr=1e-5) if optimizer == "adamw"
+           else torch.optim.SGD(trainable, lr=1e-5, momentum=0.9))
+    if step:
+        loss.backward()
+        opt.step()
+    param_bytes = sum(p.nbytes for p in params)
+    amp = prec.autocast is not None
+    return Breakdown(
+        weights=copies if amp else param_bytes,
+        master_weights=param_bytes if amp else 0,
+        gradients=sum(p.grad.nbytes for p in params if p.grad is not None),
+        optimizer=sum(t.nbytes for state in opt.state.values() for t in state.values() if torch.is_tensor(t)),
+        activations=activations,
+        params=sum(p.numel() for p in params), trainable=sum(p.numel() for p in trainable),
+        peak_allocated=torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
+    )
+
+
+# --------------------------------------------------------------------------- the report's numbers
+
+
+def report_numbers(params: float = 3e9, trainable_share: float = 0.01, activations: float = 6 * GB) -> dict:
+    """The report's accounting under its own assumptions, in bytes.
+
+    Full fine-tuning: fp16 weights 2 B/param + fp16 gradients 2 + Adam states 4 (two fp16 moments)
+    + activations assumed constant: 6 + 6 + 12 + 6 = 30 GB for 3e9 parameters (its 6 GB of fp16
+    weights fixes GB = 1e9; with 2^30 the same sums give 28.4).
+
+    PEFT, "12.12 GB, about 60%": 12.12 GB *saved* would be 40% of 30, not 60%. The one reading in
+    which 30, 12.12 and 60% all agree is that 12.12 GB is what PEFT *needs*: weights 6 + activations 6
+    (unchanged, as assumed) + the Adam states of a 1% trainable share, 12 x 1% = 0.12; it saves
+    30 - 12.12 = 17.88 GB = 59.6%. That sum leaves out the trainable share's gradients (0.06 GB;
+    with them it would be 12.18). Reading 12.12 as a saving needs 18 x (1 - f) = 12.12, a trainable
+    share f of 32.7%, which nothing in the report suggests.
+    """
+    weights, grads, adam = 2 * params, 2 * params, 4 * params
+    full = weights + grads + adam + activations
+    peft = weights + activations + trainable_share * adam
+    return {"weights": weights, "gradients": grads, "optimizer": adam, "activations": activations,
+            "full": full, "peft": peft, "saved": full - peft, "saved_share": (full - peft) / full}
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _gb(value) -> str:
+    return "-" if value is None else f"{value / GB:.2f}"
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    """Rows of (label, values...): numbers are bytes, shown in GB; strings are shown as they are."""
+    cells = [header] + [[r[0]] + [v if isinstance(v, str) else _gb(v) for v in r[1:]] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in cells)
+
+
+ROWS = ("weights", "master_weights", "gradients", "optimizer", "activations", "transient", "total")
+
+
+def _labels(precision: str, optimizer: str) -> dict[str, str]:
+    amp = PRECISIONS[precision].autocast is not None
+    return {"weights": "weights (16-bit copies, autocast)" if amp else f"weights ({precision})",
+            "master_weights": "master weights (fp32 params)" if amp else "master weights",
+            "gradients": "gradients",
+            "optimizer": "optimizer (AdamW)" if optimizer == "adamw" else "optimizer (SGD momentum)",
+            "activations": "activations (saved)", "transient": "largest transient", "total": "total"}
+
+
+def _settings(args) -> str:
+    return (f"{args.precision}, {args.optimizer}, batch {args.batch_size} x {args.seq_len} tokens, "
+            f"{args.attention or 'flash'} attention" + (", activation checkpointing" if args.checkpointing else ""))
+
+
+def _full_and_adapters(cfg: modeling.Config, args, params: float | None = None) -> tuple[Breakdown, Breakdown]:
+    kw = dict(num_labels=args.num_labels, precision=args.precision, optimizer=args.optimizer,
+              checkpointing=args.checkpointing, attention=args.attention, params=params)
+    return (estimate(cfg, args.batch_size, args.seq_len, **kw),
+            estimate(cfg, args.batch_size, args.seq_len, adapter=args.adapter, placement=args.placement,
+                     freeze_layernorm=args.freeze_layernorm, **kw))
+
+
+def _why(args, full: Breakdown, peft: Breakdown, rep: dict) -> list[str]:
+    """One line per row of the side-by-side table: why the standard accounting differs from the report."""
+    amp, pb = PRECISIONS[args.precision].autocast is not None, PRECISIONS[args.precision].param_bytes
+    saved = full.total - peft.total
+    return [
+        "Why the columns differ:",
+        "  weights:        " + ("autocast keeps a 16-bit copy of every Linear weight, frozen or not, for backward; "
+                                "embeddings are used in fp32" if amp else f"the parameters themselves, {pb} B/param"),
+        "  master weights: " + ("the fp32 parameters autocast trains are the master copy, 4 B/param; the report "
+                                "has none" if amp else "none in this precision mode"),
+        f"  gradients:      {pb} B per trainable parameter (the parameters' dtype), not 2; adapters train "
+        f"{_share(peft.trainable, peft.params)} of the parameters",
+        "  optimizer:      " + (f"AdamW keeps two moments in the parameters' dtype, {2 * pb} B/param (+ a 4-byte "
+                                "step per tensor), not 4" if args.optimizer == "adamw"
+                                else f"SGD keeps one momentum buffer, {pb} B/param"),
+        f"  activations:    derived for {args.batch_size} x {args.seq_len} tokens, not assumed; frozen Linears keep "
+        f"no input for backward, so adapters keep {_share(full.activations - peft.activations, full.activations)} "
+        "fewer",
+        f"  saving:         {_gb(saved)} GB = {_share(saved, full.total)} of {_gb(full.total)} GB, against the "
+        f"report's {_gb(rep['saved'])} GB of {_gb(rep['full'])} GB"]
+
+
+def compare_with_report(args) -> str:
+    """`--params N`: the report's two answers under its assumptions, then the standard accounting."""
+    n, rep = args.params, report_numbers(args.params)
+    cfg = generic_config(n, args.hidden, args.layers, args.heads, args.vocab, args.ffn, max(512, args.seq_len))
+    full, peft = _full_and_adapters(cfg, args, params=n)
+    report_full = {k: rep[k] for k in ("weights", "gradients", "optimizer", "activations")} | {"total": rep["full"]}
+    report_peft = {"weights": rep["weights"], "optimizer": rep["peft"] - rep["weights"] - rep["activations"],
+                   "activations": rep["activations"], "total": rep["peft"]}
+    labels = _labels(args.precision, args.optimizer)
+    labels["transient"] += f" ({full.transient_what})"
+    rows = [[labels[k], report_full.get(k), getattr(full, k), report_peft.get(k), getattr(peft, k)] for k in ROWS]
+    return "\n".join([
+        f"The report's accounting of fine-tuning {n:.3g} parameters (GB = 1e9 bytes, as in the report):",
+        _table(["", "GB"], [["fp16 weights, 2 B/param", rep["weights"]],
+                           ["fp16 gradients, 2 B/param", rep["gradients"]],
+                           ["Adam states, 4 B/param", rep["optimizer"]],
+                           ["activations (assumed)", rep["activations"]],
+                           ["full fine-tuning", rep["full"]],
+                           ["PEFT = weights + activations + 1% of Adam", rep["peft"]],
+                           ["saved", rep["saved"]]]),
+        f"  PEFT saves {_gb(rep['saved'])} GB = {_share(rep['saved'], rep['full'])}, the report's \"about 60%\": "
+        "12.12 GB is what PEFT needs (see report_numbers)",
+        "",
+        f"Standard accounting: {_settings(args)}; an encoder of {cfg.num_hidden_layers} layers x {cfg.hidden_size} "
+        f"hidden, {cfg.num_attention_heads} heads, FFN {cfg.intermediate_size}, vocab {cfg.vocab_size} "
+        f"({count_parameters(cfg).total:.3g} parameters; {n:.3g} billed):",
+        _table(["", "report full", "full", "report PEFT", f"adapters-{args.adapter}"], rows),
+        f"  device overhead: {OVERHEAD_NOTE}",
+        "", *_why(args, full, peft, rep)])
+
+
+def compare_full_vs_adapters(args) -> str:
+    """`--model NAME`: the breakdown for full fine-tuning and adapters, and the saving."""
+    cfg = load_config(args.model)
+    full, peft = _full_and_adapters(cfg, args)
+    labels = _labels(args.precision, args.optimizer)
+    labels["transient"] += f" ({full.transient_what})"
+    rows = [[labels[k], getattr(full, k), getattr(peft, k), getattr(full, k) - getattr(peft, k)] for k in ROWS]
+    rows.append(["trainable parameters", f"{full.trainable / 1e6:.1f}M", f"{peft.trainable / 1e6:.2f}M",
+                 _share(peft.trainable, peft.params)])
+    saved = full.total - peft.total
+    return "\n".join([
+        f"{args.model}: {cfg.model_type}, {cfg.num_hidden_layers} layers x {cfg.hidden_size} hidden, "
+        f"{full.params / 1e6:.1f}M parameters; {_settings(args)} (GB = 1e9 bytes)",
+        _table(["", "full", f"adapters-{args.adapter}", "saving"], rows),
+        f"  adapters save {_gb(saved)} GB = {_share(saved, full.total)} of the total; activations alone "
+        f"{_share(full.activations - peft.activations, full.activations)}",
+        f"  device overhead: {OVERHEAD_NOTE}"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--params", type=float, help="a generic encoder of this many parameters, beside the report")
+    what.add_argument("--model", help="directory with config.json, Hub id, or alias: " + ", ".join(modeling.ALIASES))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--adapter", type=int, default=64, help="bottleneck of the adapters to compare with")
+    p.add_argument("--placement", default="houlsby", choices=PLACEMENTS)
+    p.add_argument("--freeze-layernorm", action="store_true")
+    p.add_argument("--precision", default="amp-bf16", choices=list(PRECISIONS))
+    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing, one checkpoint per layer")
+    p.add_argument("--attention", choices=ATTENTION, help="SDPA kernel (default: flash, what CUDA runs)")
+    p.add_argument("--num-labels", type=int, default=3)
+    shape = p.add_argument_group("shape for --params")
+    shape.add_argument("--hidden", type=int, default=2560)
+    shape.add_argument("--layers", type=int, help="default: as many as make --params")
+    shape.add_argument("--heads", type=int, help="default: hidden / 128")
+    shape.add_argument("--vocab", type=int, default=50265)
+    shape.add_argument("--ffn", type=int, help="default: 4 x hidden")
+    args = p.parse_args(argv)
+    try:
+        print(compare_with_report(args) if args.params is not None else compare_full_vs_adapters(args))
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+
+
+if __name__ == "__main__":
+    main()
