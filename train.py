@@ -263,8 +263,9 @@ class Run:
     FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
                        "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision")
 
-    def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], d: Dist, run_dir: Path):
-        self.cfg, self.seed, self.splits, self.d, self.dir = cfg, seed, splits, d, run_dir
+    def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, d: Dist,
+                 run_dir: Path):
+        self.cfg, self.seed, self.splits, self.tokenizer, self.d, self.dir = cfg, seed, splits, tokenizer, d, run_dir
         self.labels = data.DATASETS[cfg.dataset].labels
         self.dtype = autocast_dtype(cfg.precision, d.device)
         self.autocast = (functools.partial(torch.autocast, d.device.type, dtype=self.dtype) if self.dtype
@@ -462,6 +463,7 @@ class Run:
                     adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
                 else:
                     model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels))
+                    self.tokenizer.save(str(self.dir / "model" / "tokenizer.json"))  # eval.py reads it back
             write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
             self.checkpoint_path.unlink(missing_ok=True)
         return result
@@ -470,8 +472,8 @@ class Run:
 # ----------------------------------------------------------------------------- main
 
 
-def prepare(cfg: TrainConfig) -> tuple[dict[str, data.Encoded], model.Config]:
-    """Read and tokenize every split once; all seeds share them."""
+def prepare(cfg: TrainConfig):
+    """(tokenized splits, model config, tokenizer): every split is read and tokenized once, for all seeds."""
     mcfg = model.load_config(cfg.model)
     if cfg.max_length > mcfg.max_length:
         raise ValueError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
@@ -479,7 +481,7 @@ def prepare(cfg: TrainConfig) -> tuple[dict[str, data.Encoded], model.Config]:
     tok = model.load_tokenizer(cfg.model)
     info = data.DATASETS[cfg.dataset]
     splits = {s: data.encode(data.load_split(cfg.dataset, s, cfg.data_dir), tok, cfg.max_length) for s in info.splits}
-    return splits, mcfg
+    return splits, mcfg, tok
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -487,7 +489,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     d = setup_distributed(cfg.device)
     try:
         cfg = resolve(cfg, d.world_size)
-        splits, mcfg = prepare(cfg)
+        splits, mcfg, tok = prepare(cfg)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
         print0(f"{cfg.dataset} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
                f"{d.world_size} x {d.device.type} | batch {cfg.batch_size} = {d.world_size} rank(s) x "
@@ -502,7 +504,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
                 raise ValueError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
                                  "it, or delete the folder to start over")
-            run = Run(cfg, seed, splits, d, run_dir)
+            run = Run(cfg, seed, splits, tok, d, run_dir)
             if d.master:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 write_json(run_dir / "config.json", {
