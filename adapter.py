@@ -180,8 +180,8 @@ def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base
         "base_sha256": base_fingerprint(model),
     }
     # weights first, config last: a directory with adapter_config.json is always complete
-    _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    _atomic(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    modeling.atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    modeling.atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
 
 
 def load_adapters(model: modeling.Classifier, directory: str | os.PathLike) -> modeling.Classifier:
@@ -299,9 +299,3 @@ def _check_keys(state: dict, expected: dict, path: Path) -> None:
             raise ValueError(f"{path}: key {k!r} has shape {tuple(t.shape)}, the model expects "
                              f"{tuple(expected[k].shape)}")
 
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)

@@ -17,7 +17,6 @@ Public API: `Config`, `Classifier`, `load_config`, `from_pretrained`, `load_toke
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields
@@ -68,9 +67,11 @@ class Config:
             raise ValueError(f"{source}: model_type {cfg.model_type!r} is not supported; this encoder "
                              "implements 'bert' and 'roberta' (a config without model_type is read as BERT)")
         if cfg.hidden_act != "gelu":
-            raise ValueError(f"{source}: hidden_act {cfg.hidden_act!r} is not supported (only 'gelu', the exact erf GELU)")
+            raise ValueError(f"{source}: hidden_act {cfg.hidden_act!r} is not supported "
+                             "(only 'gelu', the exact erf GELU)")
         if cfg.position_embedding_type != "absolute":
-            raise ValueError(f"{source}: position_embedding_type {cfg.position_embedding_type!r} is not supported")
+            raise ValueError(f"{source}: position_embedding_type {cfg.position_embedding_type!r} is not supported "
+                             "(only 'absolute')")
         if cfg.hidden_size % cfg.num_attention_heads:
             raise ValueError(f"{source}: hidden_size {cfg.hidden_size} is not a multiple of "
                              f"num_attention_heads {cfg.num_attention_heads}")
@@ -487,7 +488,8 @@ def save_pretrained(model: Classifier, directory: str | os.PathLike, labels: lis
     cfg = model.config
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    id2label = dict(enumerate(labels)) if labels else (cfg.id2label or {i: f"LABEL_{i}" for i in range(model.num_labels)})
+    id2label = dict(enumerate(labels)) if labels else cfg.id2label
+    id2label = id2label or {i: f"LABEL_{i}" for i in range(model.num_labels)}
     if len(id2label) != model.num_labels:
         raise ValueError(f"{len(id2label)} label names for a {model.num_labels}-label model")
     d = asdict(cfg)
@@ -499,11 +501,11 @@ def save_pretrained(model: Classifier, directory: str | os.PathLike, labels: lis
     if cfg.roberta:
         d.update(bos_token_id=0, eos_token_id=2)
     state = ours_to_hub(model.state_dict(), cfg)
-    _atomic(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    _atomic(directory / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(d, indent=2) + "\n"))
+    atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(d, indent=2) + "\n"))
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file and rename, so a crash never leaves a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     write(str(tmp))

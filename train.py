@@ -240,9 +240,7 @@ def model_slug(cfg: TrainConfig) -> str:
 
 def write_json(path: Path, obj) -> None:
     """Atomic: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    model.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -308,8 +306,9 @@ class Run:
 
     def save_checkpoint(self) -> None:
         """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
+        cuda = self.d.device.type == "cuda"
         per_rank = all_gather({"rng": torch.get_rng_state(), "window": self.window.cpu(),
-                               "cuda_rng": torch.cuda.get_rng_state(self.d.device) if self.d.device.type == "cuda" else None})
+                               "cuda_rng": torch.cuda.get_rng_state(self.d.device) if cuda else None})
         if not self.d.master:
             return
         metrics = self.dir / "metrics.jsonl"
@@ -322,15 +321,14 @@ class Run:
             "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
             "config": dataclasses.asdict(self.cfg), "world_size": self.d.world_size,
         }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         changed = [k for k in self.FIXED_ON_RESUME if state["config"][k] != getattr(self.cfg, k)]
         if changed:
-            was = ", ".join(f"--{k.replace('_', '-')} {state['config'][k]} (now {getattr(self.cfg, k)})" for k in changed)
+            was = ", ".join(f"--{k.replace('_', '-')} {state['config'][k]} (now {getattr(self.cfg, k)})"
+                            for k in changed)
             raise ValueError(f"{self.checkpoint_path} was written with {was}; resume with the same settings, "
                              f"or delete {self.dir} to start over")
         missing = [n for n, p in self.model.named_parameters() if p.requires_grad and n not in state["model"]]

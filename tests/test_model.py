@@ -262,7 +262,8 @@ def test_hub_alias_from_offline_cache(tmp_path, shared_dir):
     _hub_cache(tmp_path / "cache", "FacebookAI/roberta-base", {
         "config.json": tmp_path / "src" / "config.json", "model.safetensors": tmp_path / "src" / "model.safetensors",
         "vocab.json": tokdir / "vocab.json", "merges.txt": tokdir / "merges.txt"})
-    code = ("import model, torch; m = model.from_pretrained('roberta-base').eval(); t = model.load_tokenizer('roberta-base');"
+    code = ("import model, torch; m = model.from_pretrained('roberta-base').eval();"
+            "t = model.load_tokenizer('roberta-base');"
             "ids = torch.tensor([t.encode('good food').ids]); print(t.encode('good food').ids);"
             "print(m(ids, torch.ones_like(ids)).tolist())")
     out = _run_offline(tmp_path / "cache", code)
