@@ -337,11 +337,21 @@ def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def pad_multiple(device: torch.device) -> int:
+    """What `collate` rounds padded lengths up to on this device.
+
+    8 on GPUs, where tensor cores run whole tiles; 1 elsewhere: on a CPU every extra pad token is
+    wasted work (rounding to 8 costs 12% more tokens on restaurant and 6% on acl at batch 32).
+    """
+    return 8 if device.type == "cuda" else 1
+
+
 def collate(enc: Encoded, indices: np.ndarray, pad_id: int, multiple_of: int = 8,
             max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Pad the sequences `indices` to the batch's own longest, rounded up to `multiple_of`.
 
-    Rounding to a multiple of 8 lets tensor cores run full tiles; it never goes above
+    Rounding to a multiple of 8 lets tensor cores run full tiles (`pad_multiple` picks it per
+    device); it never goes above
     max(longest, max_length). `pad_id` comes from the model config (BERT 0, RoBERTa 1). An
     empty `indices` gives B = 0 tensors, so a rank without examples still runs forward/backward.
     """

@@ -85,7 +85,7 @@ def evaluate(net: torch.nn.Module, enc: data.Encoded, num_classes: int, *, pad_i
     totals = torch.zeros(num_classes * num_classes + 2, dtype=torch.float64, device=device)  # [cm..., loss, n]
     for idx in data.eval_batches(enc.lengths, batch_size, rank, world_size):
         batch = {k: v.to(device, non_blocking=True)
-                 for k, v in data.collate(enc, idx, pad_id, max_length=max_length).items()}
+                 for k, v in data.collate(enc, idx, pad_id, data.pad_multiple(device), max_length).items()}
         with autocast():
             logits = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         labels = batch["labels"]
@@ -145,6 +145,7 @@ def evaluate_command(args) -> dict:
                      f"micro-F1 {100 * result['f1_micro']:.2f} | loss {result['loss']:.4f}")
         if args.json:
             train.print0(json.dumps(result))
+        train.barrier()  # leave together: a rank tearing gloo down early can abort its peer
         return result
     finally:
         train.cleanup_distributed()
@@ -297,6 +298,9 @@ def _panel(ax, groups: dict[str, list[Seed]], split: str, metric: str, x: str, c
     ax.set_title(f"{split} {label[metric].split(' ')[0]}")
     ax.set_xlabel(x)
     ax.set_ylabel(label[metric])
+    if x == "epoch":
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # evaluations happen at whole epochs
     ax.grid(alpha=0.3)
 
 

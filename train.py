@@ -168,6 +168,11 @@ def all_reduce_sum(t: torch.Tensor) -> None:
         dist.all_reduce(t)
 
 
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def all_gather(obj) -> list:
     if not dist.is_initialized():
         return [obj]
@@ -269,6 +274,8 @@ class Run:
         self.autocast = (functools.partial(torch.autocast, d.device.type, dtype=self.dtype) if self.dtype
                          else contextlib.nullcontext)
 
+        if d.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(d.device)  # result.json's peak memory is this seed's
         torch.manual_seed(seed)  # the new head's init and dropout follow the seed; data order has its own RNG
         net = model.from_pretrained(cfg.model, num_labels=len(self.labels))
         if cfg.adapter:  # freeze before DDP and before the optimizer: neither keeps anything for frozen weights
@@ -362,7 +369,7 @@ class Run:
         pieces = data.shard_batch(batch, d.rank, d.world_size, cfg.micro_batch_size)
         for j, idx in enumerate(pieces):
             b = {k: v.to(d.device, non_blocking=True)
-                 for k, v in data.collate(enc, idx, self.pad_id, max_length=cfg.max_length).items()}
+                 for k, v in data.collate(enc, idx, self.pad_id, data.pad_multiple(d.device), cfg.max_length).items()}
             last = j == len(pieces) - 1
             with contextlib.nullcontext() if last or d.world_size == 1 else self.net.no_sync():
                 with self.autocast():
@@ -509,10 +516,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     **dataclasses.asdict(cfg), "seed": seed, "labels": list(run.labels),
                     "split_sizes": {s: len(e) for s, e in splits.items()}, "steps_per_epoch": run.steps_per_epoch,
                     "trainable_params": run.n_trainable, "total_params": run.n_params, **environment(d, run.dtype)})
-            if d.world_size > 1:
-                dist.barrier()  # the folder exists before any rank writes to it
+            barrier()  # the folder exists before any rank writes to it
             print0(f"seed {seed}: {run.n_trainable:,} of {run.n_params:,} parameters trainable -> {run_dir}")
             results.append(run.run())
+        barrier()  # rank 0 may still be writing files: tear the process group down together
         return results
     finally:
         cleanup_distributed()

@@ -1,6 +1,7 @@
 """eval.py reports: evaluate a saved checkpoint, summarize a runs folder, plot it."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,21 @@ def test_evaluate_reproduces_the_runs_final_metrics(runs, kind):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     want = runs[kind][0]["test"]
     assert got == want  # the same weights, batches and reduction: exactly the same numbers
+
+
+def test_evaluate_under_torchrun_gives_the_same_numbers(runs):
+    checkpoint = runs["runs"] / "acl" / "tiny" / "seed1" / "model"
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "eval.py"), "evaluate", "--checkpoint", str(checkpoint), "--dataset", "acl",
+                          "--data-dir", str(runs["data"]), "--max-length", "64", "--json"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])  # printed once, by rank 0
+    want = runs["full"][0]["test"]
+    assert got["n"] == want["n"] == 101  # two shards of an odd-sized split, every example once
+    assert {k: got[k] for k in ("accuracy", "f1_macro", "f1_micro")} == \
+        {k: want[k] for k in ("accuracy", "f1_macro", "f1_micro")}
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
 
 
 def test_evaluate_a_transformers_checkpoint(runs, tmp_path):
