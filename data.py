@@ -279,12 +279,15 @@ def _mega_batch_size(n: int, batch_size: int) -> int:
     return batch_size * min(max(n // (4 * batch_size), 1), 50)
 
 
-def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool = True) -> list[np.ndarray]:
     """One epoch of GLOBAL batches of example indices, grouped by length.
 
     Shuffle with (seed, epoch), sort each mega-batch longest first, cut into batches, shuffle the
     order of the full batches. The one short batch (n % batch_size examples), if any, comes last.
     Each batch is sorted longest first, which `shard_batch` relies on. Every index appears once.
+    `group_by_length=False` skips the mega-batch sort: batches of random examples, as a plain
+    shuffling sampler gives (more padding, more varied batches; see README "Speed").
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -292,7 +295,7 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
     n = len(lengths)
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n)
-    mega = _mega_batch_size(n, batch_size)
+    mega = _mega_batch_size(n, batch_size) if group_by_length else batch_size  # a batch-sized chunk: sorted inside only
     for start in range(0, n, mega):
         chunk = order[start:start + mega]
         order[start:start + mega] = chunk[np.argsort(-lengths[chunk], kind="stable")]

@@ -74,6 +74,8 @@ class TrainConfig:
     warmup_ratio: float = opt(0.1, "share of steps with linear warm-up; then linear decay to 0", type=float)
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", type=float)
     max_length: int = opt(256, "truncate inputs to this many tokens (pairs: the longer side first)", type=int)
+    random_batches: bool = opt(False, "batches of random examples instead of length-grouped ones (more padding, "
+                                      "more varied batches; see the README's Speed section)")
     eval_batch_size: int = opt(128, "per-rank evaluation batch size", type=int)
     precision: str = opt("auto", "auto: bf16 on GPUs that have it, else fp16 + GradScaler; fp32 on CPU",
                          choices=PRECISIONS)
@@ -264,7 +266,8 @@ class Run:
 
     # settings that must not change when a run is resumed (the others, e.g. micro-batch, may)
     FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
-                       "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision")
+                       "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision",
+                       "random_batches")
 
     def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, d: Dist,
                  run_dir: Path):
@@ -435,7 +438,8 @@ class Run:
         enc = self.splits["train"]
         for epoch in range(self.epoch, cfg.epochs):
             self.epoch = epoch
-            batches = data.train_batches(enc.lengths, cfg.batch_size, self.seed, epoch)
+            batches = data.train_batches(enc.lengths, cfg.batch_size, self.seed, epoch,
+                                         group_by_length=not cfg.random_batches)
             bar = tqdm(total=len(batches), initial=self.batch_in_epoch, desc=f"seed {self.seed} epoch {epoch + 1}",
                        disable=None if d.master else True, dynamic_ncols=True, leave=False)
             t_log, n_log = time.perf_counter(), 0

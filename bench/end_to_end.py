@@ -9,6 +9,7 @@ interleaved within each seed, so a change in machine load hits all of them alike
   trainer-pad128        python bench/hf_trainer.py --padding max_length  (run_glue.py's default)
   trainer-grouped       (extra) dynamic padding + train_sampling_strategy="group_by_length"
   trainer-dynamic-bf16  (extra) dynamic padding + TrainingArguments(bf16=True)
+  ours-random           (extra) train.py --random-batches: no length grouping, like trainer-dynamic
 
 All get the same model (all-MiniLM-L6-v2), examples (read through data.load_split), max length,
 lr, global batch, epochs, warm-up, weight decay, gradient clipping and seed. What each number covers:
@@ -46,7 +47,7 @@ import data
 
 BENCH = Path(__file__).resolve().parent
 MAIN_VARIANTS = ["ours", "ours-bf16", "trainer-dynamic", "trainer-pad128"]
-EXTRA_VARIANTS = ["trainer-grouped", "trainer-dynamic-bf16"]
+EXTRA_VARIANTS = ["trainer-grouped", "trainer-dynamic-bf16", "ours-random"]
 
 
 def command(variant: str, dataset: str, seed: int, args, data_dir: str, out_dir: str) -> list[str]:
@@ -59,7 +60,7 @@ def command(variant: str, dataset: str, seed: int, args, data_dir: str, out_dir:
         precision = "bf16" if variant == "ours-bf16" else "fp32"
         return [sys.executable, str(BENCH / "train_timed.py"), *shared, "--seeds", str(seed), "--model-name", "minilm",
                 "--max-grad-norm", "1.0", "--precision", precision, "--device", "cpu", "--checkpoint-every", "0",
-                "--out", out_dir]
+                "--out", out_dir, *(["--random-batches"] if variant == "ours-random" else [])]
     hf = {"trainer-dynamic": ["--padding", "dynamic"],
           "trainer-pad128": ["--padding", "max_length"],
           "trainer-grouped": ["--padding", "dynamic", "--sampling", "group_by_length"],

@@ -1,7 +1,8 @@
 """Padding fraction (pad tokens / all tokens) of three batching schemes, per dataset's train split.
 
-- grouped: `data.train_batches` (length-grouped), each batch padded to its longest, rounded up to 8
-- random:  plain shuffled batches, each padded to its longest, rounded up to 8
+- grouped: `data.train_batches` (length-grouped), each batch padded to its longest, rounded up to
+           --multiple-of (8, as train.py does on GPUs; 1 is what it does on CPUs)
+- random:  plain shuffled batches, each padded to its longest, rounded up the same way
 - fixed:   every sequence padded to max_length (what `padding="max_length"` does)
 
 Padding is counted from the attention masks `data.collate` really builds, averaged over epochs.
@@ -19,10 +20,10 @@ import data  # noqa: E402
 import model  # noqa: E402
 
 
-def padding_fraction(enc: data.Encoded, batches, max_length: int) -> float:
+def padding_fraction(enc: data.Encoded, batches, max_length: int, multiple_of: int) -> float:
     real = total = 0
     for b in batches:
-        mask = data.collate(enc, b, pad_id=0, max_length=max_length)["attention_mask"]
+        mask = data.collate(enc, b, pad_id=0, multiple_of=multiple_of, max_length=max_length)["attention_mask"]
         real, total = real + int(mask.sum()), total + mask.numel()
     return 1 - real / total
 
@@ -35,11 +36,13 @@ def main():
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=5, help="average over this many epochs (seed 0)")
+    p.add_argument("--multiple-of", type=int, default=8, help="round padded lengths up to this (train.py: 8 on "
+                   "GPUs, 1 on CPUs)")
     args = p.parse_args()
 
     tok = model.load_tokenizer(args.tokenizer)
     print(f"train splits, {Path(args.tokenizer).name} tokenizer, max_length {args.max_length}, "
-          f"batch {args.batch_size}, mean of {args.epochs} epochs\n")
+          f"batch {args.batch_size}, rounded up to a multiple of {args.multiple_of}, mean of {args.epochs} epochs\n")
     print(f"| dataset | examples | mean tokens | grouped by length | random batches | pad to {args.max_length} |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in ("restaurant", "acl", "agnews"):
@@ -47,9 +50,11 @@ def main():
         n, B = len(enc), args.batch_size
         grouped, random = [], []
         for epoch in range(args.epochs):
-            grouped.append(padding_fraction(enc, data.train_batches(enc.lengths, B, 0, epoch), args.max_length))
+            grouped.append(padding_fraction(enc, data.train_batches(enc.lengths, B, 0, epoch), args.max_length,
+                                             args.multiple_of))
             perm = np.random.default_rng([0, epoch]).permutation(n)
-            random.append(padding_fraction(enc, [perm[i:i + B] for i in range(0, n, B)], args.max_length))
+            random.append(padding_fraction(enc, [perm[i:i + B] for i in range(0, n, B)], args.max_length,
+                                            args.multiple_of))
         fixed = 1 - enc.lengths.sum() / (n * args.max_length)
         print(f"| {name} | {n} | {enc.lengths.mean():.1f} "
               f"| {np.mean(grouped):.1%} | {np.mean(random):.1%} | {fixed:.1%} |")

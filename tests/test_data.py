@@ -147,17 +147,19 @@ def test_single_texts_and_too_small_max_length(data_dir, tokenizers_pair):
 LENGTHS = np.random.default_rng(0).integers(5, 200, size=1001)
 
 
+@pytest.mark.parametrize("group_by_length", [True, False])
 @pytest.mark.parametrize("n, batch_size", [(1001, 64), (64, 64), (7, 3), (1, 8)])
-def test_train_batches_are_a_permutation(n, batch_size):
-    batches = data.train_batches(LENGTHS[:n], batch_size, seed=1, epoch=0)
+def test_train_batches_are_a_permutation(n, batch_size, group_by_length):
+    batches = data.train_batches(LENGTHS[:n], batch_size, seed=1, epoch=0, group_by_length=group_by_length)
     assert sorted(np.concatenate(batches).tolist()) == list(range(n))
     assert all(len(b) == batch_size for b in batches[:-1]) and 0 < len(batches[-1]) <= batch_size
     assert all((np.diff(LENGTHS[b]) <= 0).all() for b in batches), "batches come longest first"
 
 
-def test_train_batches_deterministic_per_seed_and_epoch():
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_train_batches_deterministic_per_seed_and_epoch(group_by_length):
     def run(seed, epoch):
-        return np.concatenate(data.train_batches(LENGTHS, 32, seed, epoch)).tolist()
+        return np.concatenate(data.train_batches(LENGTHS, 32, seed, epoch, group_by_length)).tolist()
     assert run(1, 0) == run(1, 0)
     assert run(1, 0) != run(1, 1)
     assert run(1, 0) != run(2, 0)
@@ -174,6 +176,11 @@ def test_length_grouping_pads_less_than_random():
     grouped = data.train_batches(LENGTHS, 32, seed=0, epoch=0)
     random = np.array_split(np.random.default_rng(0).permutation(len(LENGTHS)), len(grouped))
     assert padding_fraction(LENGTHS, grouped) < padding_fraction(LENGTHS, random) / 3
+    # the opt-out (--random-batches) pads like random batches do, and its batches are not length-sorted
+    ungrouped = data.train_batches(LENGTHS, 32, seed=0, epoch=0, group_by_length=False)
+    assert abs(padding_fraction(LENGTHS, ungrouped) - padding_fraction(LENGTHS, random)) < 0.05
+    spread = [LENGTHS[b].max() - LENGTHS[b].min() for b in ungrouped[:-1]]
+    assert np.median(spread) > 100  # lengths are uniform in [5, 200): a random batch of 32 spans most of it
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])

@@ -50,8 +50,9 @@ def read_metrics(path):
     return [json.loads(line) for line in open(path)]
 
 
-def test_learns_the_keyword_task(task, tmp_path):
-    (result,) = train.main(args(task, tmp_path, epochs=12))
+@pytest.mark.parametrize("batches", ["grouped", "random"])
+def test_learns_the_keyword_task(task, tmp_path, batches):
+    (result,) = train.main(args(task, tmp_path, *(["--random-batches"] if batches == "random" else []), epochs=12))
     assert result["test"]["accuracy"] >= 0.95 and result["dev"]["accuracy"] >= 0.95
     assert result["test"]["n"] == 101 and result["dev"]["n"] == 50
     records = read_metrics(seed_dir(tmp_path) / "metrics.jsonl")
@@ -145,6 +146,8 @@ def test_resume_refuses_other_settings(task, tmp_path, monkeypatch):
     assert (seed_dir(tmp_path) / "checkpoint.pt").exists()
     with pytest.raises(ValueError, match=r"--lr 0.003 \(now 0.001\)"):
         train.main(args(task, tmp_path, "--lr", "1e-3", "--resume", epochs=2))
+    with pytest.raises(ValueError, match=r"--random-batches False \(now True\)"):  # another batch order
+        train.main(args(task, tmp_path, "--random-batches", "--resume", epochs=2))
     (result,) = train.main(args(task, tmp_path, "--resume", epochs=2))
     assert result["epochs"] == 2 and not (seed_dir(tmp_path) / "checkpoint.pt").exists()
 
