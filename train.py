@@ -335,10 +335,11 @@ class Run:
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        changed = [k for k in self.FIXED_ON_RESUME if state["config"][k] != getattr(self.cfg, k)]
+        # a checkpoint written before a setting existed ran with that setting's default
+        saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
+        changed = [k for k in self.FIXED_ON_RESUME if saved[k] != getattr(self.cfg, k)]
         if changed:
-            was = ", ".join(f"--{k.replace('_', '-')} {state['config'][k]} (now {getattr(self.cfg, k)})"
-                            for k in changed)
+            was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(self.cfg, k)})" for k in changed)
             raise ValueError(f"{self.checkpoint_path} was written with {was}; resume with the same settings, "
                              f"or delete {self.dir} to start over")
         missing = [n for n, p in self.model.named_parameters() if p.requires_grad and n not in state["model"]]

@@ -146,6 +146,11 @@ def test_resume_refuses_other_settings(task, tmp_path, monkeypatch):
     assert (seed_dir(tmp_path) / "checkpoint.pt").exists()
     with pytest.raises(ValueError, match=r"--lr 0.003 \(now 0.001\)"):
         train.main(args(task, tmp_path, "--lr", "1e-3", "--resume", epochs=2))
+    # a checkpoint from before --random-batches existed counts as written with its default
+    ckpt = seed_dir(tmp_path) / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["config"]["random_batches"]
+    torch.save(state, ckpt)
     with pytest.raises(ValueError, match=r"--random-batches False \(now True\)"):  # another batch order
         train.main(args(task, tmp_path, "--random-batches", "--resume", epochs=2))
     (result,) = train.main(args(task, tmp_path, "--resume", epochs=2))
