@@ -354,9 +354,9 @@ def collate(enc: Encoded, indices: np.ndarray, pad_id: int, multiple_of: int = 8
     """Pad the sequences `indices` to the batch's own longest, rounded up to `multiple_of`.
 
     Rounding to a multiple of 8 lets tensor cores run full tiles (`pad_multiple` picks it per
-    device); it never goes above
-    max(longest, max_length). `pad_id` comes from the model config (BERT 0, RoBERTa 1). An
-    empty `indices` gives B = 0 tensors, so a rank without examples still runs forward/backward.
+    device); it never goes above max(longest, max_length). `pad_id` comes from the model config
+    (BERT 0, RoBERTa 1). An empty `indices` gives B = 0 tensors, so a rank without examples
+    still runs forward/backward.
     """
     indices = np.asarray(indices, dtype=np.int64)
     lengths = enc.offsets[indices + 1] - enc.offsets[indices]  # (B,)
