@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import math
 import os
@@ -64,7 +65,7 @@ class TrainConfig:
     adapter_placement: str | None = opt(None, "houlsby: after attention and FFN (default); pfeiffer: after FFN only",
                                         choices=("houlsby", "pfeiffer"))
     freeze_layernorm: bool = opt(False, "with --adapter: freeze LayerNorms too (AdapterHub's recipe)")
-    seeds: list[int] = opt((1,), "seeds to run one after another", type=int, nargs="+")
+    seeds: list[int] = opt((1,), "seeds to run one after another", type=int, nargs="+")  # noqa: RUF009
     epochs: int | None = opt(None, "epochs (default: the report's, per dataset)", type=int)
     batch_size: int = opt(64, "GLOBAL batch size: all ranks x micro-batch x accumulation steps", type=int)
     micro_batch_size: int | None = opt(None, "per-rank micro-batch (default: batch-size / ranks, no accumulation)",
@@ -524,6 +525,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             barrier()  # the folder exists before any rank writes to it
             print0(f"seed {seed}: {run.n_trainable:,} of {run.n_params:,} parameters trainable -> {run_dir}")
             results.append(run.run())
+            # The model, optimizer and DDP wrapper sit in reference cycles (DDP always does), so dropping the
+            # name frees nothing until the garbage collector runs: free them now, before the next seed builds
+            # its model, and while the process group the DDP wrapper holds is still alive. Left to the
+            # collector, that can happen after the group is torn down, during interpreter exit.
+            del run
+            gc.collect()
         barrier()  # rank 0 may still be writing files: tear the process group down together
         return results
     finally:
