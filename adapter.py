@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 import model as modeling  # the functions below take an argument named `model`
 

@@ -34,9 +34,9 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -197,7 +197,7 @@ def _hub_file(info: DatasetInfo, split: str) -> Path:
     try:
         return Path(hf_hub_download(info.hub_repo, filename, repo_type="dataset",
                                     cache_dir=_hub_cache_dir(), local_files_only=offline))
-    except Exception as err:  # offline, no network, missing repo or file: the same advice for all
+    except Exception as err:  # noqa: BLE001  (offline, no network, missing repo or file: the same advice)
         how = "offline (HF_HUB_OFFLINE=1) and not in the cache" if offline else "could not download it"
         raise FileNotFoundError(
             f"{info.name} {split}: file {filename!r} of the Hub dataset repo {info.hub_repo!r}: {how} "

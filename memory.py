@@ -38,8 +38,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
@@ -584,16 +584,16 @@ def _why(args, full: Breakdown, peft: Breakdown, rep: dict) -> list[str]:
                                 "embeddings are used in fp32" if amp else f"the parameters themselves, {pb} B/param"),
         "  master weights: " + ("the fp32 parameters autocast trains are the master copy, 4 B/param; the report "
                                 "has none" if amp else "none in this precision mode"),
-        f"  gradients:      {pb} B per trainable parameter (the parameters' dtype), not 2; adapters train "
-        f"{_share(peft.trainable, peft.params)} of the parameters",
+        (f"  gradients:      {pb} B per trainable parameter (the parameters' dtype), not 2; adapters train "
+         f"{_share(peft.trainable, peft.params)} of the parameters"),
         "  optimizer:      " + (f"AdamW keeps two moments in the parameters' dtype, {2 * pb} B/param (+ a 4-byte "
                                 "step per tensor), not 4" if args.optimizer == "adamw"
                                 else f"SGD keeps one momentum buffer, {pb} B/param"),
-        f"  activations:    derived for {args.batch_size} x {args.seq_len} tokens, not assumed; frozen Linears keep "
-        f"no input for backward, so adapters keep {_share(full.activations - peft.activations, full.activations)} "
-        "fewer",
-        f"  saving:         {_gb(saved)} GB = {_share(saved, full.total)} of {_gb(full.total)} GB, against the "
-        f"report's {_gb(rep['saved'])} GB of {_gb(rep['full'])} GB"]
+        (f"  activations:    derived for {args.batch_size} x {args.seq_len} tokens, not assumed; frozen Linears keep "
+         f"no input for backward, so adapters keep {_share(full.activations - peft.activations, full.activations)} "
+         "fewer"),
+        (f"  saving:         {_gb(saved)} GB = {_share(saved, full.total)} of {_gb(full.total)} GB, against the "
+         f"report's {_gb(rep['saved'])} GB of {_gb(rep['full'])} GB")]
 
 
 def compare_with_report(args) -> str:
@@ -616,12 +616,12 @@ def compare_with_report(args) -> str:
                            ["full fine-tuning", rep["full"]],
                            ["PEFT = weights + activations + 1% of Adam", rep["peft"]],
                            ["saved", rep["saved"]]]),
-        f"  PEFT saves {_gb(rep['saved'])} GB = {_share(rep['saved'], rep['full'])}, the report's \"about 60%\": "
-        "12.12 GB is what PEFT needs (see report_numbers)",
+        (f"  PEFT saves {_gb(rep['saved'])} GB = {_share(rep['saved'], rep['full'])}, the report's \"about 60%\": "
+         "12.12 GB is what PEFT needs (see report_numbers)"),
         "",
-        f"Standard accounting: {_settings(args)}; an encoder of {cfg.num_hidden_layers} layers x {cfg.hidden_size} "
-        f"hidden, {cfg.num_attention_heads} heads, FFN {cfg.intermediate_size}, vocab {cfg.vocab_size} "
-        f"({count_parameters(cfg).total:.3g} parameters; {n:.3g} billed):",
+        (f"Standard accounting: {_settings(args)}; an encoder of {cfg.num_hidden_layers} layers x {cfg.hidden_size} "
+         f"hidden, {cfg.num_attention_heads} heads, FFN {cfg.intermediate_size}, vocab {cfg.vocab_size} "
+         f"({count_parameters(cfg).total:.3g} parameters; {n:.3g} billed):"),
         _table(["", "report full", "full", "report PEFT", f"adapters-{args.adapter}"], rows),
         f"  device overhead: {OVERHEAD_NOTE}",
         "", *_why(args, full, peft, rep)])
@@ -638,11 +638,11 @@ def compare_full_vs_adapters(args) -> str:
                  _share(peft.trainable, peft.params)])
     saved = full.total - peft.total
     return "\n".join([
-        f"{args.model}: {cfg.model_type}, {cfg.num_hidden_layers} layers x {cfg.hidden_size} hidden, "
-        f"{full.params / 1e6:.1f}M parameters; {_settings(args)} (GB = 1e9 bytes)",
+        (f"{args.model}: {cfg.model_type}, {cfg.num_hidden_layers} layers x {cfg.hidden_size} hidden, "
+         f"{full.params / 1e6:.1f}M parameters; {_settings(args)} (GB = 1e9 bytes)"),
         _table(["", "full", f"adapters-{args.adapter}", "saving"], rows),
-        f"  adapters save {_gb(saved)} GB = {_share(saved, full.total)} of the total; activations alone "
-        f"{_share(full.activations - peft.activations, full.activations)}",
+        (f"  adapters save {_gb(saved)} GB = {_share(saved, full.total)} of the total; activations alone "
+         f"{_share(full.activations - peft.activations, full.activations)}"),
         f"  device overhead: {OVERHEAD_NOTE}"])
 
 

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 ALIASES = {
     "roberta-base": "FacebookAI/roberta-base",
@@ -351,8 +351,12 @@ class _Source:
             path = Path(self.name) / filename
             return path if path.is_file() else None
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError,
-                                            RepositoryNotFoundError)
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
         try:
             return Path(hf_hub_download(self.repo, filename))
         except LocalEntryNotFoundError:
@@ -397,7 +401,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors and torch raise several types for truncated/corrupt files
+    except Exception as e:  # noqa: BLE001  (safetensors and torch raise several types for a corrupt file)
         raise ValueError(f"could not read weights file {path}: it is truncated or corrupt "
                          f"({type(e).__name__}: {e}). Delete it and download or save it again.") from None
 

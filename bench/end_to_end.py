@@ -43,6 +43,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from common import ROOT, machine, mean_std, minilm_dir, table  # first: it puts the project on sys.path
+
+# isort: split
 import data
 
 BENCH = Path(__file__).resolve().parent

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from common import table  # first: it puts the project on sys.path
+
+# isort: split
 import data
 import model
 import train

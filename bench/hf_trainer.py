@@ -37,6 +37,8 @@ import numpy as np
 import torch
 
 from common import minilm_dir  # first: it puts the project on sys.path
+
+# isort: split
 import data
 import eval as evaluation
 import model
@@ -105,8 +107,14 @@ def main():
     args = p.parse_args()
 
     import transformers
-    from transformers import (AutoTokenizer, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, default_data_collator)
+    from transformers import (
+        AutoTokenizer,
+        BertForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
     transformers.logging.set_verbosity_error()
     model_dir = args.model or minilm_dir()
     labels = data.DATASETS[args.dataset].labels

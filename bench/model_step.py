@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from common import machine, minilm_dir, table  # first: it puts the project on sys.path
+
+# isort: split
 import model
 import train
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data  # noqa: E402
-import model  # noqa: E402
+import data
+import model
 
 
 def padding_fraction(enc: data.Encoded, batches, max_length: int, multiple_of: int) -> float:

@@ -17,6 +17,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from common import minilm_dir, table  # first: it puts the project on sys.path
+
+# isort: split
 import model
 from model_step import Trainee, random_batch
 

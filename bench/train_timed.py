@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 import common  # noqa: F401  (puts the project root on sys.path)
+
+# isort: split
 import data
 import eval as evaluation
 import train

@@ -93,8 +93,9 @@ FILLER = [f"w{i}" for i in range(60)]
 def write_tiny_encoder(directory, kind: str = "bert", dropout: float = 0.0, seed: int = 0):
     """A tiny random encoder without a head, in the Hub layout, with a WordPiece vocab.txt whose
     words make the keyword task below; written by model.py itself (no transformers needed)."""
-    import model
     from safetensors.torch import save_file
+
+    import model
     directory.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + KEYWORDS + FILLER
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")

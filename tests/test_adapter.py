@@ -11,10 +11,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_batch
 
 import adapter
 import model
+from conftest import random_batch
 
 KINDS = ["bert", "roberta"]
 PLACEMENTS = ["houlsby", "pfeiffer"]
@@ -297,6 +297,7 @@ def test_load_with_other_settings_fails(saved_bert, base_dirs, settings, differs
 def test_load_checks_saved_keys(saved_bert, tmp_path):
     """Every trainable tensor must be in the file, and nothing else."""
     import shutil
+
     from safetensors.torch import load_file, save_file
     for edit, message in [(lambda s: s.pop("classifier.bias"), "missing key 'classifier.bias'"),
                           (lambda s: s.update(extra=torch.zeros(1)), "unexpected key 'extra'")]:

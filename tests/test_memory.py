@@ -7,7 +7,7 @@ AMP checks use tiny configs on CPU, with `device="cpu"` in `estimate` so both co
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 import adapter
 import memory

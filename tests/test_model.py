@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import torch
-from conftest import ROOT, random_batch, tiny_hf_config, tiny_hf_model
 
 import model
+from conftest import ROOT, random_batch, tiny_hf_config, tiny_hf_model
 
 # ----------------------------------------------------------------------------- logits parity
 
@@ -52,7 +52,7 @@ def test_roberta_positions_skip_padding(tmp_path):
 
 
 def test_training_mode_dropout_and_gradients(tiny_checkpoint):
-    kind, path, _ = tiny_checkpoint
+    _, path, _ = tiny_checkpoint
     ours = model.from_pretrained(path).train()
     ids, mask, _ = random_batch(99, ours.config.pad_token_id, [10, 6])
     a, b = ours(ids, mask), ours(ids, mask)
@@ -188,7 +188,8 @@ def test_real_minilm_matches_transformers(minilm_dir, data_dir):
 
 
 def _texts_and_pairs(data_dir):
-    texts = [json.loads(line)["text"] for line in open(data_dir / "acl" / "train.jsonl")][:250]
+    with open(data_dir / "acl" / "train.jsonl") as f:
+        texts = [json.loads(line)["text"] for line in f][:250]
     with open(data_dir / "agnews" / "test.csv", newline="") as f:
         texts += [f"{title} {desc}" for _, title, desc in list(csv.reader(f))[:150]]
     pairs = []

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, write_keyword_task, write_tiny_encoder
 
 import data
 import eval as evaluation
 import train
+from conftest import ROOT, write_keyword_task, write_tiny_encoder
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import weakref
 
 import pytest
 import torch
-from conftest import ROOT, write_keyword_task, write_tiny_encoder
 from safetensors.torch import load_file
 
 import train
+from conftest import ROOT, write_keyword_task, write_tiny_encoder
 
 
 @pytest.fixture(scope="module")
