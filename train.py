@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import importlib
 import json
 import math
 import os
@@ -150,6 +151,11 @@ def setup_distributed(device: str | None = None) -> Dist:
     if "RANK" not in os.environ:
         return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
     rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    # Imported before the group exists, on purpose. DDP imports this module, whose functions default to
+    # `group=group.WORLD`: imported later, those defaults would hold the live group for good, so
+    # destroy_process_group could not free it and gloo's threads would run on into interpreter exit,
+    # where one can abort the process ("terminate called without an active exception").
+    importlib.import_module("torch.distributed.nn.functional")
     if use_cuda:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
@@ -527,8 +533,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append(run.run())
             # The model, optimizer and DDP wrapper sit in reference cycles (DDP always does), so dropping the
             # name frees nothing until the garbage collector runs: free them now, before the next seed builds
-            # its model, and while the process group the DDP wrapper holds is still alive. Left to the
-            # collector, that can happen after the group is torn down, during interpreter exit.
+            # its model, and so that the DDP wrapper no longer holds the process group when it is torn down.
             del run
             gc.collect()
         barrier()  # rank 0 may still be writing files: tear the process group down together

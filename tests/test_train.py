@@ -102,6 +102,35 @@ def test_ddp_two_ranks_match_one_process(task, tmp_path, adapter):
     assert json.loads((seed_dir(tmp_path / "two", name) / "config.json").read_text())["world_size"] == 2
 
 
+TEARDOWN = """
+import gc, os, socket, weakref
+import torch, torch.distributed as dist
+import train
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+train.setup_distributed("cpu")
+group = weakref.ref(dist.distributed_c10d._get_default_group())
+net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+net(torch.randn(3, 4)).sum().backward()
+del net
+gc.collect()
+train.cleanup_distributed()
+print("freed" if group() is None else "alive")
+"""
+
+
+def test_teardown_frees_the_process_group():
+    """After a DDP model has run, tearing down must free the process group itself, which joins gloo's threads.
+    A group that outlives destroy_process_group keeps them running into interpreter exit, where one can abort
+    the process. In a fresh interpreter, so that nothing imported earlier hides the leak."""
+    out = subprocess.run([sys.executable, "-c", TEARDOWN], capture_output=True, text=True, timeout=120,
+                         env={**ENV, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["freed"]
+
+
 def test_kill_and_resume_equals_uninterrupted(task, tmp_path):
     argv = args(task, tmp_path / "killed", "--save", "--checkpoint-every", "3", model="enc_dropout", epochs=20)
     ref = run_cli(args(task, tmp_path / "ref", "--save", model="enc_dropout", epochs=20))
