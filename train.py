@@ -153,8 +153,8 @@ def setup_distributed(device: str | None = None) -> Dist:
     rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     # Imported before the group exists, on purpose. DDP imports this module, whose functions default to
     # `group=group.WORLD`: imported later, those defaults would hold the live group for good, so
-    # destroy_process_group could not free it and gloo's threads would run on into interpreter exit,
-    # where one can abort the process ("terminate called without an active exception").
+    # destroy_process_group could not free it, and gloo's threads would run on into interpreter exit
+    # (where a 2-rank test run here once aborted: "terminate called without an active exception").
     importlib.import_module("torch.distributed.nn.functional")
     if use_cuda:
         dev = torch.device("cuda", local_rank)
