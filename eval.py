@@ -126,8 +126,7 @@ def check_labels(net: model.Classifier, dataset: str, directory) -> None:
 
 def evaluate_command(args) -> dict:
     import train  # the only file that touches torch.distributed: evaluation reduces through its helper
-    d = train.setup_distributed(args.device)
-    try:
+    with train.distributed(args.device) as d:
         info = data.DATASETS[args.dataset]
         if args.split not in info.splits:
             raise ValueError(f"{args.dataset} has splits {', '.join(info.splits)}, not {args.split!r}")
@@ -145,10 +144,7 @@ def evaluate_command(args) -> dict:
                      f"micro-F1 {100 * result['f1_micro']:.2f} | loss {result['loss']:.4f}")
         if args.json:
             train.print0(json.dumps(result))
-        train.barrier()  # leave together: a rank tearing gloo down early can abort its peer
         return result
-    finally:
-        train.cleanup_distributed()
 
 
 # ----------------------------------------------------------------------------- read a runs folder

@@ -171,6 +171,20 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def distributed(device: str | None = None):
+    """`with distributed(device) as d:` sets up, and always tears down. After a body that finished, the
+    ranks first wait for each other (rank 0 may still be writing files, and a rank tearing gloo down
+    early can abort its peer); after an error they do not, as a barrier would hang the ranks that did
+    not fail."""
+    d = setup_distributed(device)
+    try:
+        yield d
+        barrier()
+    finally:
+        cleanup_distributed()
+
+
 def all_reduce_sum(t: torch.Tensor) -> None:
     """In place: the sum over ranks (a no-op on one process). eval.py reduces through this."""
     if dist.is_initialized():
@@ -503,8 +517,7 @@ def prepare(cfg: TrainConfig):
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_args(argv)
-    d = setup_distributed(cfg.device)
-    try:
+    with distributed(cfg.device) as d:
         cfg = resolve(cfg, d.world_size)
         splits, mcfg, tok = prepare(cfg)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
@@ -536,10 +549,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             # its model, and so that the DDP wrapper no longer holds the process group when it is torn down.
             del run
             gc.collect()
-        barrier()  # rank 0 may still be writing files: tear the process group down together
         return results
-    finally:
-        cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -110,13 +110,12 @@ with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
 os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-train.setup_distributed("cpu")
-group = weakref.ref(dist.distributed_c10d._get_default_group())
-net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
-net(torch.randn(3, 4)).sum().backward()
-del net
-gc.collect()
-train.cleanup_distributed()
+with train.distributed("cpu"):
+    group = weakref.ref(dist.distributed_c10d._get_default_group())
+    net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+    net(torch.randn(3, 4)).sum().backward()
+    del net
+    gc.collect()
 print("freed" if group() is None else "alive")
 """
 
