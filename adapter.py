@@ -166,7 +166,9 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
 def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base: str) -> None:
     """Write the trained tensors to `adapter.safetensors` and the settings to `adapter_config.json`.
 
-    `base` is the name or path the base encoder was loaded from (what `from_pretrained` will load).
+    `base` is the name or path the base encoder was loaded from. What is recorded is what loads it on
+    another machine or after the virtual environment moved: a Hub id or alias as given, and for the
+    folder of a package alias (`model.PACKAGE_ALIASES`) the alias, which `from_pretrained` resolves again.
     """
     from safetensors.torch import save_file
     cfg = _adapter_config(model)
@@ -174,7 +176,7 @@ def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
     meta = {
-        "base": str(base),
+        "base": modeling.portable_name(base),
         **_base_description(model),
         "adapter": asdict(cfg),
         "base_sha256": base_fingerprint(model),

