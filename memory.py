@@ -537,6 +537,17 @@ def _gb(value) -> str:
     return "-" if value is None else f"{value / GB:.2f}"
 
 
+def _saving(value: float) -> str:
+    """A saving in GB; one that rounds to zero shows its size and sign (adapters add a few weights)
+    rather than "-0.00"."""
+    return f"{value / GB:.3f}" if value and round(value / GB, 2) == 0 else _gb(value)
+
+
+def _count(n: float) -> str:
+    """A parameter count in words a reader compares with the report: "3 billion", "124.6 million"."""
+    return f"{n / 1e9:.3g} billion" if n >= 1e9 else f"{n / 1e6:.1f} million"
+
+
 def _share(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%"
 
@@ -608,7 +619,7 @@ def compare_with_report(args) -> str:
     labels["transient"] += f" ({full.transient_what})"
     rows = [[labels[k], report_full.get(k), getattr(full, k), report_peft.get(k), getattr(peft, k)] for k in ROWS]
     return "\n".join([
-        f"The report's accounting of fine-tuning {n:.3g} parameters (GB = 1e9 bytes, as in the report):",
+        f"The report's accounting of fine-tuning {_count(n)} parameters (GB = 1e9 bytes, as in the report):",
         _table(["", "GB"], [["fp16 weights, 2 B/param", rep["weights"]],
                            ["fp16 gradients, 2 B/param", rep["gradients"]],
                            ["Adam states, 4 B/param", rep["optimizer"]],
@@ -617,11 +628,13 @@ def compare_with_report(args) -> str:
                            ["PEFT = weights + activations + 1% of Adam", rep["peft"]],
                            ["saved", rep["saved"]]]),
         (f"  PEFT saves {_gb(rep['saved'])} GB = {_share(rep['saved'], rep['full'])}, the report's \"about 60%\": "
-         "12.12 GB is what PEFT needs (see report_numbers)"),
+         f"its {_gb(rep['peft'])} GB is what PEFT needs, not what it saves (the only reading in which its "
+         f"{_gb(rep['full'])} GB, {_gb(rep['peft'])} GB and 60% agree)"),
         "",
         (f"Standard accounting: {_settings(args)}; an encoder of {cfg.num_hidden_layers} layers x {cfg.hidden_size} "
          f"hidden, {cfg.num_attention_heads} heads, FFN {cfg.intermediate_size}, vocab {cfg.vocab_size} "
-         f"({count_parameters(cfg).total:.3g} parameters; {n:.3g} billed):"),
+         f"({_count(count_parameters(cfg).total)} parameters; the weight, gradient and optimizer rows count "
+         f"the {_count(n)} of --params):"),
         _table(["", "report full", "full", "report PEFT", f"adapters-{args.adapter}"], rows),
         f"  device overhead: {OVERHEAD_NOTE}",
         "", *_why(args, full, peft, rep)])
@@ -633,7 +646,8 @@ def compare_full_vs_adapters(args) -> str:
     full, peft = _full_and_adapters(cfg, args)
     labels = _labels(args.precision, args.optimizer)
     labels["transient"] += f" ({full.transient_what})"
-    rows = [[labels[k], getattr(full, k), getattr(peft, k), getattr(full, k) - getattr(peft, k)] for k in ROWS]
+    rows = [[labels[k], getattr(full, k), getattr(peft, k), _saving(getattr(full, k) - getattr(peft, k))]
+            for k in ROWS]
     rows.append(["trainable parameters", f"{full.trainable / 1e6:.1f}M", f"{peft.trainable / 1e6:.2f}M",
                  _share(peft.trainable, peft.params)])
     saved = full.total - peft.total
@@ -647,27 +661,33 @@ def compare_full_vs_adapters(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Each default is written once, in its help: "%(default)s" where there is a value, words where None
+    # means "derived" (ArgumentDefaultsHelpFormatter would print "(default: None)" beside them).
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--params", type=float, help="a generic encoder of this many parameters, beside the report")
-    what.add_argument("--model", help="directory with config.json, Hub id, or alias: " + ", ".join(modeling.ALIASES))
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--adapter", type=int, default=64, help="bottleneck of the adapters to compare with")
-    p.add_argument("--placement", default="houlsby", choices=PLACEMENTS)
-    p.add_argument("--freeze-layernorm", action="store_true")
-    p.add_argument("--precision", default="amp-bf16", choices=list(PRECISIONS))
-    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+    what.add_argument("--params", type=float, help="a generic encoder of this many parameters (e.g. 3e9), "
+                      "beside the report's accounting")
+    what.add_argument("--model", help="directory with config.json, Hub id, or alias: "
+                      + ", ".join([*modeling.ALIASES, *modeling.PACKAGE_ALIASES]))
+    p.add_argument("--batch-size", type=int, default=64, help="examples per batch (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per example (default: %(default)s)")
+    p.add_argument("--adapter", type=int, default=64,
+                   help="bottleneck of the adapters to compare with (default: %(default)s)")
+    p.add_argument("--placement", default="houlsby", choices=PLACEMENTS, help="adapter placement (default: %(default)s)")
+    p.add_argument("--freeze-layernorm", action="store_true", help="adapters with frozen LayerNorms")
+    p.add_argument("--precision", default="amp-bf16", choices=list(PRECISIONS), help="amp-*: torch.autocast over "
+                   "fp32 parameters, as train.py; bf16: the whole model in bf16 (default: %(default)s)")
+    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
+                   help="sgd: SGD with momentum (default: %(default)s)")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing, one checkpoint per layer")
     p.add_argument("--attention", choices=ATTENTION, help="SDPA kernel (default: flash, what CUDA runs)")
-    p.add_argument("--num-labels", type=int, default=3)
+    p.add_argument("--num-labels", type=int, default=3, help="classes of the head (default: %(default)s)")
     shape = p.add_argument_group("shape for --params")
-    shape.add_argument("--hidden", type=int, default=2560)
-    shape.add_argument("--layers", type=int, help="default: as many as make --params")
-    shape.add_argument("--heads", type=int, help="default: hidden / 128")
-    shape.add_argument("--vocab", type=int, default=50265)
-    shape.add_argument("--ffn", type=int, help="default: 4 x hidden")
+    shape.add_argument("--hidden", type=int, default=2560, help="hidden size (default: %(default)s)")
+    shape.add_argument("--layers", type=int, help="encoder layers (default: as many as make --params)")
+    shape.add_argument("--heads", type=int, help="attention heads (default: hidden / 128)")
+    shape.add_argument("--vocab", type=int, default=50265, help="vocabulary size (default: %(default)s, roberta's)")
+    shape.add_argument("--ffn", type=int, help="feed-forward size (default: 4 x hidden)")
     args = p.parse_args(argv)
     try:
         print(compare_with_report(args) if args.params is not None else compare_full_vs_adapters(args))

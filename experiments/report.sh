@@ -4,19 +4,21 @@
 #
 #   experiments/report.sh                                  # the report: 3 models x 3 datasets x 5 seeds + adapters
 #   experiments/report.sh --torchrun --nproc_per_node=8    # the same on 8 GPUs (arguments go to torchrun)
-#   experiments/report.sh --models "minilm=/path/to/model" --adapter-model "minilm=/path/to/model" \
-#       --seeds "1 2 3" --data-dir ../shared/data --lr 1e-4 --adapter-lr 1e-3
+#   experiments/report.sh --models minilm --adapter-model minilm \
+#       --seeds "1 2 3" --data-dir ../shared/data --lr 1e-4 --adapter-lr 1e-3    # offline, the MiniLM package
+#   experiments/report.sh --help                           # this text
 #
 # Options (all optional):
-#   --models "m1 m2"       models for full fine-tuning; NAME=PATH names a local directory (default: the report's
-#                          roberta-base bert-base-uncased scibert)
-#   --adapter-model M      model for the adapter rows (default roberta-base; "" for none)
-#   --datasets "d1 d2"     default: restaurant acl agnews
-#   --seeds "1 2"          default: 1 2 3 4 5
+#   --models "m1 m2"       models for full fine-tuning: aliases, Hub ids, local directories; NAME=PATH names a
+#                          local directory (default: roberta-base bert-base-uncased scibert, the report's)
+#   --adapter-model M      model for the adapter rows, "" for none (default: roberta-base)
+#   --datasets "d1 d2"     (default: restaurant acl agnews)
+#   --seeds "1 2"          (default: 1 2 3 4 5)
 #   --agnews-seeds "1"     seeds for agnews only (default: --seeds)
-#   --lr X / --adapter-lr X / --epochs N   override the report's per-dataset values
-#   --data-dir DIR / --out DIR (default runs/)
-#   --torchrun ARGS...     run every job under torchrun with these arguments; must come last
+#   --lr X, --adapter-lr X, --epochs N   (default: the report's per-dataset values, as train.py)
+#   --data-dir DIR         local datasets laid out like shared/data/ (default: the Hub)
+#   --out DIR              (default: runs)
+#   --torchrun ARGS...     run every job under torchrun with these arguments; must come last (or before --)
 # Anything after "--" goes to every train.py call. Finished seeds are skipped and interrupted ones
 # resumed, so rerunning the same command after a crash continues the grid.
 set -euo pipefail
@@ -37,8 +39,9 @@ while [ $# -gt 0 ]; do
     --data-dir) common+=(--data-dir "$2"); shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --torchrun) shift; launcher=(torchrun); while [ $# -gt 0 ] && [ "$1" != "--" ]; do launcher+=("$1"); shift; done ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     --) shift; common+=("$@"); break ;;
-    *) echo "report.sh: unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
+    *) echo "report.sh: unknown option $1 (see $0 --help)" >&2; exit 2 ;;
   esac
 done
 
