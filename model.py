@@ -454,7 +454,7 @@ class _Source:
         if self.local:
             path = self.folder / filename
             return path if path.is_file() else None
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
         from huggingface_hub.errors import (
             EntryNotFoundError,
             HFValidationError,
@@ -462,7 +462,13 @@ class _Source:
             RepositoryNotFoundError,
         )
         try:
-            return Path(hf_hub_download(self.repo, filename, local_files_only=hub_offline()))
+            # the cache alone: hf_hub_download(local_files_only=True) would still build request headers, which
+            # fetches a registry from the Hub once per process (huggingface_hub 2.x)
+            if hub_offline():
+                cached = try_to_load_from_cache(self.repo, filename)
+                self.not_cached |= not isinstance(cached, str)
+                return Path(cached) if isinstance(cached, str) else None
+            return Path(hf_hub_download(self.repo, filename))
         except LocalEntryNotFoundError:
             self.not_cached = True
             return None

@@ -157,6 +157,19 @@ def test_unreachable_hub_with_everything_cached_trains_from_the_cache(dead_hub, 
     assert result["test"]["n"] == 101 and result["dev"]["n"] == 50
 
 
+def test_library_loads_from_the_cache_after_one_failed_probe(dead_hub, task):
+    endpoint, env = dead_hub
+    hub_cache(Path(env["HF_HUB_CACHE"]), "model", "org/tiny",
+              {n: task["enc"] / n for n in ("config.json", "model.safetensors", "vocab.txt")})
+    code = ("import model; net = model.from_pretrained('org/tiny', num_labels=6); "
+            "print(net.num_labels, model.load_tokenizer('org/tiny').get_vocab_size())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**env, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["6", str(len((task["enc"] / "vocab.txt").read_text().split()))]
+    assert endpoint.connections == 1  # no HEAD request per file: the cache alone, after one probe
+
+
 def test_missing_local_inputs_are_listed_together(task, tmp_path):
     empty = tmp_path / "empty_model"
     empty.mkdir()
@@ -298,7 +311,6 @@ def _figures(runs: Path, out: Path, monkeypatch) -> dict:
 
 @pytest.mark.parametrize("n_datasets", [1, 3])
 def test_figures_are_readable_for_one_epoch(one_epoch_runs, tmp_path, monkeypatch, n_datasets):
-    import matplotlib.lines
     runs = tmp_path / "runs"
     for dataset in ("acl", "restaurant", "agnews")[:n_datasets]:  # the same seeds under other dataset names
         shutil.copytree(one_epoch_runs / "acl", runs / dataset)
@@ -317,8 +329,7 @@ def test_figures_are_readable_for_one_epoch(one_epoch_runs, tmp_path, monkeypatc
             lo, hi = ax.get_xlim()
             ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
             assert ticks and all(float(t).is_integer() for t in ticks), (name, ax.get_title(), ticks)
-            marked = [line for line in ax.findobj(matplotlib.lines.Line2D)
-                      if line.get_marker() not in (None, "", "None") and len(line.get_xdata())]
+            marked = [line for line in ax.get_lines() if line.get_marker() not in (None, "", "None")]
             assert marked, (name, ax.get_title())  # a single evaluation is a visible point, not a 0-length line
 
 
