@@ -485,7 +485,8 @@ class _Source:
         if self.local:
             return FileNotFoundError(f"{self}: no {what} in this directory")
         if self.not_cached:
-            why = offline_reason()
+            # offline: why; else the endpoint answered the probe but did not serve the file (a proxy, a mirror)
+            why = offline_reason() or "it answers, but did not serve the file"
             no_dir = "" if self.name in ALIASES else f"; there is no local directory {self.name!r} either"
             hint = (f"it is not in the local Hugging Face cache and the Hub cannot be reached ({why}){no_dir}. "
                     f"Download it where there is network (`hf download {self.repo}`), or pass a local directory "
