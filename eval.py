@@ -453,7 +453,9 @@ def format_comparison(r: dict) -> str:
         f"  Cohen's d {d:+.2f} (pooled sample std {_points(r['pooled_std'])} points)" if np.isfinite(d) else
         f"  Cohen's d undefined (pooled sample std {_points(r['pooled_std'])} points)",
         f"  verdict at alpha {alpha:g}: {r['verdict']}",
-        f"  seeds per side for 80% power at alpha {alpha:g}: about {needed} (an estimate, from the pooled std)"
+        f"  seeds per side for 80% power at alpha {alpha:g}: about {needed} (an estimate, from the pooled std"
+        + (f"; {needed} is also the fewest with which the exact test can reach {alpha:g})"
+           if needed == stats.fewest_seeds(alpha) else ")")
         if needed else "  seeds per side for 80% power: none would do (no difference)",
     ]
     return "\n".join(lines)
@@ -462,7 +464,7 @@ def format_comparison(r: dict) -> str:
 def format_claim(r: dict) -> str:
     head = f"{r['status']:<13} {r['dataset']} {r['metric']}: {r['a']} {r['claim'][2]} {r['b']}"
     if r["claim"] == "a = b":
-        head += f" (within ±{r['margin']:g} points)"
+        head += f" (within ±{r['margin']:g} point{'' if r['margin'] == 1 else 's'})"
     if "reason" in r:
         return f"{head} | {r['reason']}"
     return (f"{head} | {_points(r['mean_a'])} vs {_points(r['mean_b'])}, difference {_points(r['difference'], True)}, "

@@ -69,15 +69,12 @@ def permutation_test(a, b, *, max_exact: int = MAX_EXACT, n_resamples: int = N_P
     observed = a.mean() - b.mean()
     total = math.comb(n, n_a)
     if total <= max_exact:
-        in_a = np.zeros((total, n), dtype=bool)  # (relabelings, seeds): True where the seed goes to A
-        for row, idx in enumerate(itertools.combinations(range(n), n_a)):
-            in_a[row, list(idx)] = True
+        to_a = np.array(list(itertools.combinations(range(n), n_a)))  # (relabelings, n_a) indices of A's seeds
         method, count_observed, used_seed = "exact", 0, None
     else:
-        order = np.random.default_rng(seed).random((n_resamples, n)).argsort(axis=1)
-        in_a = order < n_a  # a uniformly random n_a-subset per row
+        to_a = np.random.default_rng(seed).random((n_resamples, n)).argsort(axis=1)[:, :n_a]  # random n_a-subsets
         method, count_observed, used_seed = "monte-carlo", 1, seed
-    sum_a = in_a @ pooled
+    sum_a = pooled[to_a].sum(axis=1)
     diffs = sum_a / n_a - (pooled.sum() - sum_a) / (n - n_a)  # (relabelings,)
     tol = TIE_RTOL * np.abs(pooled).max()
     count = int(np.count_nonzero(np.abs(diffs) >= abs(observed) - tol))
@@ -131,7 +128,12 @@ def seeds_needed(d: float, alpha: float = 0.05, power: float = 0.8) -> int | Non
         return None
     z_alpha, z_power = NormalDist().inv_cdf(1 - alpha / 2), NormalDist().inv_cdf(power)
     n = 2 if math.isinf(d) else math.ceil(2 * (z_alpha + z_power) ** 2 / d**2 + z_alpha**2 / 4)
-    n = max(n, 2)
+    return max(n, fewest_seeds(alpha))
+
+
+def fewest_seeds(alpha: float = 0.05) -> int:
+    """The fewest seeds per side (equal groups) with which the exact test can give p <= alpha: 4 at 0.05."""
+    n = 2
     while min_p_value(n, n) > alpha:
         n += 1
     return n
