@@ -380,8 +380,8 @@ def read_claims(path: str | Path, metric: str) -> list[dict]:
     claims = []
     for i, item in enumerate(items, 1):
         where = f"{path}: claim {i}"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where} is not an object")
+        if not isinstance(item, dict):  # a user's file, not a caller's bug: the CLI reports ValueErrors
+            raise ValueError(f"{where} is not an object")  # noqa: TRY004
         if missing := [k for k in ("a", "b", "dataset", "claim") if k not in item]:
             raise ValueError(f"{where} lacks {', '.join(missing)}")
         if unknown := sorted(set(item) - {"a", "b", "dataset", "metric", "claim", "note"}):
@@ -436,28 +436,29 @@ def _points(x: float, sign: bool = False) -> str:
 
 def format_comparison(r: dict) -> str:
     """The text block of one compare row: metric in points (percent), p as is."""
-    conf = f"{100 * r['confidence']:g}%"
+    alpha = round(1 - r["confidence"], 10)
     method = (f"exact, all {r['n_permutations']:,} relabelings" if r["method"] == "exact"
               else f"monte-carlo, {r['n_permutations']:,} random relabelings, seed {r['seed']}")
-    d = r["cohens_d"]
-    needed = r["seeds_needed"]
-    alpha = round(1 - r["confidence"], 10)
+    d, needed, spread = r["cohens_d"], r["seeds_needed"], f"pooled sample std {_points(r['pooled_std'])} points"
     lines = [
         f"{r['dataset']} {r['metric']} ({r['split']}): A = {r['a']} ({r['n_a']} seeds), B = {r['b']} ({r['n_b']} seeds)",
-        f"  mean A {_points(r['mean_a'])}, mean B {_points(r['mean_b'])}, "
-        f"difference A - B {_points(r['difference'], True)} points",
-        f"  {conf} bootstrap CI of the difference [{_points(r['ci_low'], True)}, {_points(r['ci_high'], True)}] "
-        f"points (percentile, {r['bootstrap_resamples']:,} resamples within each model, seed {r['seed']})",
-        f"  permutation p = {r['p_value']:.4g} ({method}); the smallest p {r['n_a']} and {r['n_b']} seeds "
-        f"can give: {r['min_p_value']:.4g}",
-        f"  Cohen's d {d:+.2f} (pooled sample std {_points(r['pooled_std'])} points)" if np.isfinite(d) else
-        f"  Cohen's d undefined (pooled sample std {_points(r['pooled_std'])} points)",
+        (f"  mean A {_points(r['mean_a'])}, mean B {_points(r['mean_b'])}, "
+         f"difference A - B {_points(r['difference'], True)} points"),
+        (f"  {100 * r['confidence']:g}% bootstrap CI of the difference "
+         f"[{_points(r['ci_low'], True)}, {_points(r['ci_high'], True)}] points "
+         f"(percentile, {r['bootstrap_resamples']:,} resamples within each model, seed {r['seed']})"),
+        (f"  permutation p = {r['p_value']:.4g} ({method}); "
+         f"the smallest p {r['n_a']} and {r['n_b']} seeds can give: {r['min_p_value']:.4g}"),
+        f"  Cohen's d {d:+.2f} ({spread})" if np.isfinite(d) else f"  Cohen's d undefined ({spread})",
         f"  verdict at alpha {alpha:g}: {r['verdict']}",
-        f"  seeds per side for 80% power at alpha {alpha:g}: about {needed} (an estimate, from the pooled std"
-        + (f"; {needed} is also the fewest with which the exact test can reach {alpha:g})"
-           if needed == stats.fewest_seeds(alpha) else ")")
-        if needed else "  seeds per side for 80% power: none would do (no difference)",
     ]
+    if needed is None:
+        lines.append("  seeds per side for 80% power: none would do (no difference)")
+    else:
+        floor = stats.fewest_seeds(alpha)
+        lines.append(f"  seeds per side for 80% power at alpha {alpha:g}: about {needed} (an estimate, from the pooled "
+                     "std" + (f"; {needed} is also the fewest with which the exact test can reach {alpha:g})"
+                              if needed == floor else ")"))
     return "\n".join(lines)
 
 

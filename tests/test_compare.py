@@ -16,7 +16,7 @@ import train
 from conftest import ROOT, write_keyword_task, write_tiny_encoder
 
 sys.path.insert(0, str(ROOT / "experiments"))
-import runs_from_csv  # noqa: E402
+import runs_from_csv
 
 
 def _mean_diff(x, y, axis):
@@ -53,7 +53,7 @@ def test_p_equals_scipy_two_sided_on_equal_groups(seed):
 def test_p_equals_scipy_abs_difference_on_any_groups(seed):
     # two-sided as |diff*| >= |diff|: scipy's one-sided test of the statistic |mean_a - mean_b|
     a, b = random_groups(100 + seed, equal=False)
-    abs_diff = lambda x, y, axis: np.abs(_mean_diff(x, y, axis))  # noqa: E731
+    abs_diff = lambda x, y, axis: np.abs(_mean_diff(x, y, axis))
     assert stats.permutation_test(a, b)["p_value"] == scipy_p(a, b, abs_diff, "greater")
 
 
@@ -64,7 +64,7 @@ def test_ties_on_rounded_metrics_are_counted(seed):
     rng = np.random.default_rng(200 + seed)
     n_a, n_b = int(rng.integers(2, 8)), int(rng.integers(2, 8))
     ints_a, ints_b = rng.integers(7800, 7830, n_a), rng.integers(7790, 7820, n_b)
-    exact = lambda x, y, axis: np.abs(n_b * x.sum(axis=axis) - n_a * y.sum(axis=axis))  # noqa: E731
+    exact = lambda x, y, axis: np.abs(n_b * x.sum(axis=axis) - n_a * y.sum(axis=axis))
     assert stats.permutation_test(ints_a / 1e4, ints_b / 1e4)["p_value"] == scipy_p(ints_a, ints_b, exact, "greater")
 
 
@@ -100,6 +100,8 @@ def test_monte_carlo_beyond_100000_relabelings():
     got = stats.permutation_test(a, b)
     assert got["method"] == "monte-carlo" and got["n_permutations"] == 100_000 and got["seed"] == 0
     assert got == stats.permutation_test(a, b)  # seeded
+    count = got["p_value"] * 100_001 - 1  # p = (1 + count) / (1 + resamples): the observed split counted once
+    assert abs(count - round(count)) < 1e-6
     exact = stats.permutation_test(a, b, max_exact=10**6)["p_value"]  # all 184,756 (scipy: see the tests above)
     assert abs(got["p_value"] - exact) < 5 * math.sqrt(exact * (1 - exact) / 100_000)
     # 5 vs 5 forced to Monte Carlo: still near 2/252, never 0 (the observed split counts once)
@@ -183,7 +185,7 @@ def test_compare_real_runs_through_the_cli(runs, capsys):
     assert (row["dataset"], row["metric"], row["a"], row["b"], row["n_a"], row["n_b"]) == \
         ("acl", "f1_macro", "fast", "slow", 3, 3)
     assert row["mean_a"] == pytest.approx(fast.mean(), abs=1e-15) and row["mean_b"] == pytest.approx(slow.mean())
-    exact = lambda x, y, axis: np.abs(_mean_diff(x, y, axis))  # noqa: E731
+    exact = lambda x, y, axis: np.abs(_mean_diff(x, y, axis))
     assert row["p_value"] == pytest.approx(scipy_p(fast, slow, exact, "greater"), abs=1e-12)
     assert row["method"] == "exact" and row["ci_low"] <= row["difference"] <= row["ci_high"]
     want = ("A better" if row["difference"] > 0 else "B better") if row["p_value"] <= 0.1 else "not resolved"
@@ -203,8 +205,8 @@ def test_bad_input_is_one_line(runs, tmp_path):
     cases = [
         (["compare", str(folder), "fast", "bert"], "no model 'bert' in .* \\(there: fast, slow\\)"),
         (["compare", str(folder), "fast", "slow", "--dataset", "agnews"], "no dataset 'agnews' in .* \\(there: acl\\)"),
-        (["compare", str(folder), "fast", "slow", "--metric", "f1"], "unknown metric 'f1': compare and claims test "
-         "accuracy, f1_macro, f1_micro"),
+        (["compare", str(folder), "fast", "slow", "--metric", "f1"], "unknown metric 'f1': compare and claims test accuracy, "
+         + "f1_macro, f1_micro"),
         (["compare", str(folder), "fast", "slow", "--split", "train", "--dataset", "acl"],
          "fast has 0 finished seeds on acl"),
         (["compare", str(folder), "fast", "slow", "--split", "train"], "no dataset where both have 2\\+ finished"),
