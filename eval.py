@@ -345,6 +345,7 @@ def compare(root: str | Path, a: str, b: str, datasets=None, metric: str = "f1_m
     if a == b:
         raise ValueError(f"A and B are both {a!r}: name two different models")
     if datasets:
+        datasets = list(dict.fromkeys(datasets))
         for dataset in datasets:
             if reason := _too_few(groups, dataset, (a, b), split):
                 raise ValueError(reason)
@@ -449,7 +450,8 @@ def format_comparison(r: dict) -> str:
          f"(percentile, {r['bootstrap_resamples']:,} resamples within each model, seed {r['seed']})"),
         (f"  permutation p = {r['p_value']:.4g} ({method}); "
          f"the smallest p {r['n_a']} and {r['n_b']} seeds can give: {r['min_p_value']:.4g}"),
-        f"  Cohen's d {d:+.2f} ({spread})" if np.isfinite(d) else f"  Cohen's d undefined ({spread})",
+        f"  Cohen's d {d:+.2f} ({spread})" if np.isfinite(d) else
+        f"  Cohen's d {'undefined' if np.isnan(d) else 'infinite'} ({spread}: the seeds do not spread)",
         f"  verdict at alpha {alpha:g}: {r['verdict']}",
     ]
     if needed is None:

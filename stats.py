@@ -105,6 +105,8 @@ def bootstrap_ci(a, b, *, confidence: float = 0.95, n_resamples: int = N_BOOTSTR
 def pooled_std(a, b) -> float:
     """sqrt(((n_a - 1) s_a^2 + (n_b - 1) s_b^2) / (n_a + n_b - 2)), s = sample std (ddof 1)."""
     a, b = _groups(a, b)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return 0.0  # exactly: the float mean of equal values can be off by an ulp and leave a 1e-16 "spread"
     return float(np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)))
 
 

@@ -132,6 +132,7 @@ def test_cohens_d_by_hand():
     assert stats.pooled_std([1, 2, 3, 4], [2, 4, 6]) == pytest.approx(math.sqrt(2.6))
     assert stats.cohens_d([1, 2, 3, 4], [2, 4, 6]) == pytest.approx(-1.5 / math.sqrt(2.6))
     assert stats.cohens_d([1, 1], [0, 0]) == math.inf and math.isnan(stats.cohens_d([1, 1], [1, 1]))
+    assert stats.cohens_d([0.8] * 3, [0.7] * 3) == math.inf  # 3 x 0.8 has a float mean 1 ulp off: no spread still
 
 
 def _t_test_power(n, d, alpha=0.05):
@@ -227,6 +228,15 @@ def _hand_made(root, model_name, dataset, values, metric="f1_macro"):
         path = root / dataset / model_name / f"seed{seed}"
         path.mkdir(parents=True)
         (path / "result.json").write_text(json.dumps({"test": {metric: value, "accuracy": 0.5}}))
+
+
+def test_json_has_no_nan(tmp_path, capsys):
+    _hand_made(tmp_path, "flat", "acl", [0.8, 0.8, 0.8])
+    _hand_made(tmp_path, "flat2", "acl", [0.7, 0.7, 0.7])
+    evaluation.main(["compare", str(tmp_path), "flat", "flat2", "--format", "json"])
+    (row,) = json.loads(capsys.readouterr().out)  # strict JSON: an infinite d is null
+    assert row["cohens_d"] is None and row["pooled_std"] == 0 and row["difference"] == pytest.approx(0.1)
+    assert row["seeds_needed"] == 4 and row["p_value"] == pytest.approx(0.1)
 
 
 def test_too_few_seeds_and_non_finite_values(tmp_path):
