@@ -295,8 +295,9 @@ def group_values(group: list[Seed], split: str, metric: str) -> np.ndarray:
     """One value per finished seed; a missing or non-finite value is an error naming its file."""
     values = []
     for s in group:
-        value = s.result[split].get(metric)
-        if not isinstance(value, (int, float)) or not np.isfinite(value):
+        section = s.result.get(split) if isinstance(s.result, dict) else None
+        value = section.get(metric) if isinstance(section, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
             raise ValueError(f"{s.path / 'result.json'}: {split} {metric} is {value!r}, not a finite number; "
                              f"rerun that seed (delete its folder) or leave it out of the runs folder")
         values.append(float(value))

@@ -59,7 +59,8 @@ def permutation_test(a, b, *, max_exact: int = MAX_EXACT, n_resamples: int = N_P
     With n_a == n_b this equals scipy.stats.permutation_test(..., permutation_type="independent",
     alternative="two-sided"). With unequal sizes the null distribution is not symmetric and scipy's
     two-sided p (twice the smaller one-sided p) can differ; ours is scipy's test of |diff| with
-    alternative="greater".
+    alternative="greater". On rounded values (metrics are k / n, or 4 digits in a CSV) scipy's
+    tolerance (100 eps x |observed|) can miss ties that are exact on paper; this one counts them.
 
     Returns {"p_value", "method": "exact" | "monte-carlo", "n_permutations", "seed" (None if exact)}.
     """

@@ -251,6 +251,10 @@ def test_too_few_seeds_and_non_finite_values(tmp_path):
     (tmp_path / "restaurant" / "roberta" / "seed2" / "result.json").write_text('{"test": {"f1_macro": NaN}}')
     with pytest.raises(ValueError, match=r"restaurant/roberta/seed2/result.json: test f1_macro is nan"):
         evaluation.compare(tmp_path, "bert", "roberta")
+    for broken in ('{"test": {"accuracy": 0.5}}', '{"test": 0.5}', '{"test": {"f1_macro": "0.7"}}'):
+        (tmp_path / "restaurant" / "roberta" / "seed2" / "result.json").write_text(broken)
+        with pytest.raises(ValueError, match=r"seed2/result.json: test f1_macro is .*not a finite number"):
+            evaluation.compare(tmp_path, "bert", "roberta")
 
 
 def test_claims_statuses(tmp_path):
