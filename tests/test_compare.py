@@ -57,6 +57,16 @@ def test_p_equals_scipy_abs_difference_on_any_groups(seed):
     assert stats.permutation_test(a, b)["p_value"] == scipy_p(a, b, abs_diff, "greater")
 
 
+def test_p_equals_scipy_at_the_largest_exact_sizes():
+    rng = np.random.default_rng(400)
+    a, b = rng.normal(0.81, 0.02, 9), rng.normal(0.80, 0.02, 9)  # C(18, 9) = 48,620 relabelings
+    assert stats.permutation_test(a, b)["p_value"] == scipy_p(a, b)
+    a = np.append(a, 0.83)  # 10 and 9: C(19, 9) = 92,378, still exact
+    abs_diff = lambda x, y, axis: np.abs(_mean_diff(x, y, axis))
+    assert stats.permutation_test(a, b)["method"] == "exact"
+    assert stats.permutation_test(a, b)["p_value"] == scipy_p(a, b, abs_diff, "greater")
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_ties_on_rounded_metrics_are_counted(seed):
     # Metrics are on a grid (k / n examples, or 4 digits in a CSV), so relabelings tie on paper. The oracle
