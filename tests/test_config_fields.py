@@ -121,15 +121,17 @@ def test_roberta_pad_token_id(tmp_path):
 
 @pytest.mark.parametrize("kind,pad", [("bert", 5), ("roberta", 4)])
 def test_pad_token_id_row_gets_no_gradient_like_transformers(tmp_path, kind, pad):
-    """The embedding's padding_idx comes from pad_token_id: its row gets no gradient (dropout off, so
-    the gradients of every parameter can be compared with transformers')."""
+    """The embedding's padding_idx comes from pad_token_id: its row gets no gradient, even where the
+    pad token is attended to (no attention mask, as here; a masked pad never reaches the loss).
+    Dropout off, so the gradients of every parameter can be compared with transformers'."""
     ours, hf = _pair(kind, tmp_path, pad_token_id=pad, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    ids, mask, types = random_batch(99, pad, [10, 4, 7], seed=5)
+    ids, _, _ = random_batch(99, pad, [10, 4, 7], seed=5)
+    assert (ids == pad).sum() > 5
     labels = torch.tensor([0, 2, 1])
     ours.train()
     hf.train()
-    torch.nn.functional.cross_entropy(ours(ids, mask), labels).backward()
-    hf(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    torch.nn.functional.cross_entropy(ours(ids), labels).backward()
+    hf(input_ids=ids, labels=labels).loss.backward()
     prefix = "roberta." if kind == "roberta" else "bert."
     hf_grads = model.hub_to_ours({k: p.grad for k, p in hf.named_parameters()
                                   if not k.startswith(prefix + "pooler.") or kind == "bert"}, ours.config)
