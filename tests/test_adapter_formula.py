@@ -87,7 +87,7 @@ def test_each_sublayer_is_the_houlsby_formula(kind, placement, training):
     m = _model(kind, placement).train(training)
     sites = _sites(m, placement)
     calls, handles = _record(sites)
-    ids, mask, types = random_batch(99, m.config.pad_token_id, [9, 5, 7], seed=1)
+    ids, mask, _ = random_batch(99, m.config.pad_token_id, [9, 5, 7], seed=1)
     torch.manual_seed(3)
     with torch.no_grad():
         m(ids, mask)

@@ -94,7 +94,7 @@ def test_skips_on_a_developer_machine_fail_under_ci(tmp_path):
 def test_ci_script_sets_the_variable_and_runs_the_readme_command():
     script = (ROOT / ".ci" / "run").read_text().splitlines()
     readme = (ROOT / "README.md").read_text()
-    command = re.search(r"\*\*Test\*\*.*?```bash\n(.*?)\n```", readme, flags=re.S)[1]
+    command = re.search(r"\*\*Test\*\*.*?```bash\n(.*?)\n```", readme, flags=re.DOTALL)[1]
     assert command in script, "CI must run the README's test command verbatim"
     assert f"export {REQUIRE_ALL}=1" in script[:script.index(command)]
     assert REQUIRE_ALL in readme
