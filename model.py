@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import secrets
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -395,15 +399,76 @@ def _weight_files(src: _Source) -> list[Path]:
     raise src.missing("weights (model.safetensors, model.safetensors.index.json or pytorch_model.bin)")
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `.safetensors` file (a format that holds tensors and nothing else) or a
+    `pytorch_model.bin` (read by `load_torch_file`: no code in it can run). ValueError if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    if path.suffix != ".safetensors":
+        return load_torch_file(path, "weights file", refused="Use a safetensors copy of these weights "
+                               "(model.safetensors), or convert this file only if you trust where it came from.",
+                               corrupt="Delete it and download or save it again.")
+    from safetensors.torch import load_file
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (safetensors and torch raise several types for a corrupt file)
-        raise ValueError(f"could not read weights file {path}: it is truncated or corrupt "
-                         f"({type(e).__name__}: {e}). Delete it and download or save it again.") from None
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001  (safetensors raises several types for a corrupt file)
+        raise ValueError(f"could not read weights file {path}: it is truncated or corrupt ({_one_line(e)}). "
+                         "Delete it and download or save it again.") from None
+
+
+def load_torch_file(path: Path, what: str, *, refused: str, corrupt: str):
+    """`torch.load(path, weights_only=True)`: tensors, containers, numbers and strings only, so a
+    pickled object's `__reduce__` never runs (a pickle can call any function it names).
+
+    Errors (ValueError, one line, ending with the caller's advice `refused` or `corrupt`):
+    "refused": the file is a well-formed pickle that asks for other objects (they are named), which
+    this project never loads, as it may be malicious; "truncated or corrupt": anything else. The
+    objects are the ones torch's refusal names, else found statically: torch's own scan for a
+    torch.save zip, and for a bare pickle (whose framing torch's loader does not parse) the
+    "restricting globals" unpickler of Python's pickle docs, which refuses every import.
+    """
+    try:
+        with warnings.catch_warnings():  # torch warns about a pickle protocol before refusing the file
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises several types for a corrupt file)
+        objects = _pickled_objects(path, e) if isinstance(e, pickle.UnpicklingError) else []
+        if objects:
+            raise ValueError(f"refused {what} {path}: it contains pickled code or objects ({', '.join(objects)}), "
+                             f"which this project never loads (it may be malicious). {refused}") from None
+        raise ValueError(f"could not read {what} {path}: it is truncated or corrupt ({_one_line(e)}). "
+                         f"{corrupt}") from None
+
+
+class _Import(Exception):
+    pass
+
+
+class _RefuseImports(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        raise _Import(f"{module}.{name}")  # before anything could be called with it
+
+
+def _pickled_objects(path: Path, refusal: Exception) -> list[str]:
+    """The functions and classes a pickle that torch refused would import, found without running it."""
+    if named := re.findall(r"GLOBAL (\S+)", str(refusal)):
+        return sorted(set(named))
+    try:
+        if zipfile.is_zipfile(path):  # torch.save's format since 1.6
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        with open(path, "rb") as f:
+            while True:  # a pre-1.6 torch file is several pickles in a row
+                _RefuseImports(f).load()
+    except _Import as e:
+        return [str(e)]
+    except Exception:  # noqa: BLE001  (not a well-formed pickle: corrupt, not refused)
+        return []
+
+
+def _one_line(e: Exception) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:200]}"
 
 
 def _read_config(src: _Source) -> tuple[Config, Path]:
@@ -437,7 +502,7 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = No
     files = _weight_files(src)
     state: dict[str, torch.Tensor] = {}
     for path in files:
-        state.update(_read_weights(path))
+        state.update(read_weights(path))
     where = files[0] if len(files) == 1 else files[0].parent
     try:
         state = hub_to_ours(state, cfg)
@@ -510,10 +575,34 @@ def save_pretrained(model: Classifier, directory: str | os.PathLike, labels: lis
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
+    """Write through a temporary file and rename, so a crash never leaves a half-written file.
+
+    `write(tmp)` gets a path of its own: the name is unique per call (O_EXCL), so two writers of the
+    same file never share a temporary. The final file has an ordinary file's mode, 0666 minus the
+    umask (0644 under umask 022): writers that go through a temporary of their own, as safetensors
+    does (a 0600 NamedTempFile renamed over `tmp`), would otherwise leave it readable by its owner only.
+    """
+    path = Path(path)
+    fd, tmp = _unique_temporary(path)
+    mode = os.fstat(fd).st_mode & 0o777  # created with 0o666: the kernel has applied the umask
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unique_temporary(path: Path) -> tuple[int, str]:
+    """An exclusively created, empty `<name>.<random>.tmp` beside `path` (same filesystem: rename is atomic)."""
+    while True:
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 # --------------------------------------------------------------------------- tokenizers

@@ -355,7 +355,10 @@ class Run:
         model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        # tensors, dicts, numbers and strings only (RNG states are ByteTensors): a planted pickle cannot run
+        ways_on = (f"Delete it to start seed {self.seed} over in {self.dir} (the same command), or delete "
+                   f"{self.dir} to start the seed over from an empty folder.")
+        state = model.load_torch_file(self.checkpoint_path, "checkpoint", refused=ways_on, corrupt=ways_on)
         # a checkpoint written before a setting existed ran with that setting's default
         saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
         changed = [k for k in self.FIXED_ON_RESUME if saved[k] != getattr(self.cfg, k)]
