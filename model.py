@@ -550,9 +550,12 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = No
     return model
 
 
-def save_pretrained(model: Classifier, directory: str | os.PathLike, labels: list[str] | None = None) -> None:
+def save_pretrained(model: Classifier, directory: str | os.PathLike, labels: list[str] | None = None,
+                    tokenizer=None) -> None:
     """Write config.json + model.safetensors under transformers' names, so that
-    `AutoModelForSequenceClassification.from_pretrained(directory)` loads it with no missing keys."""
+    `AutoModelForSequenceClassification.from_pretrained(directory)` loads it with no missing keys.
+    With `tokenizer` (a `tokenizers.Tokenizer`), also its files (`save_tokenizer`): then
+    `pipeline("text-classification", directory)` works as on the checkpoint it came from."""
     from safetensors.torch import save_file
     cfg = model.config
     directory = Path(directory)
@@ -571,6 +574,8 @@ def save_pretrained(model: Classifier, directory: str | os.PathLike, labels: lis
         d.update(bos_token_id=0, eos_token_id=2)
     state = ours_to_hub(model.state_dict(), cfg)
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory, cfg)
     atomic_write(directory / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(d, indent=2) + "\n"))
 
 
@@ -664,6 +669,9 @@ def _tokenizer_kind(src: _Source, settings: dict, settings_path: Path | None) ->
         kind = config.get("model_type", "bert")  # scibert's config.json has no model_type: BERT, as in load_config
         if kind not in ("bert", "roberta"):
             raise ValueError(f"{config_path}: model_type {kind!r} is not supported (only 'bert' and 'roberta')")
+        has = {"bert": bool(src.file("vocab.txt")), "roberta": bool(src.file("vocab.json") and src.file("merges.txt"))}
+        if not src.file("tokenizer.json") and not has[kind] and any(has.values()):
+            kind = "roberta" if has["roberta"] else "bert"  # only the other model's files (transformers fails)
     elif src.file("tokenizer.json"):
         kind = None  # transformers too reads a bare tokenizer.json as it is
     else:  # vocabulary files alone (transformers needs a class for them): BERT's or RoBERTa's defaults
@@ -763,3 +771,60 @@ def _byte_level_bpe(vocab: dict, merges: list, settings: dict, where):
                                                       trim_offsets=trim_offsets, add_prefix_space=add_prefix_space)
     tok.add_special_tokens([*dict.fromkeys(special.values()), *_extra_special_tokens(settings)])
     return tok
+
+
+def save_tokenizer(tok, directory: str | os.PathLike, cfg: Config) -> None:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json, so that transformers'
+    AutoTokenizer encodes exactly as `tok` does and truncates at the model's limit.
+
+    tokenizer_config.json names the model's tokenizer class (BertTokenizer / RobertaTokenizer) with the
+    settings read back from `tok` itself (lower-casing, accents, prefix space, special tokens), since
+    transformers rebuilds those classes from that file and would otherwise use its defaults; a `tok` those
+    settings cannot describe is written as PreTrainedTokenizerFast, which reads tokenizer.json as it is.
+    `model_max_length` is `cfg.max_length`: what `truncation=True` cuts to (transformers' default is 1e30,
+    which makes truncation do nothing and a long text crash the model).
+    """
+    directory = Path(directory)
+    state = json.loads(tok.to_str())
+    pp = state["post_processor"] or {}
+    if pp.get("type") == "TemplateProcessing":
+        cls, sep = pp["single"][0]["SpecialToken"]["id"], pp["single"][-1]["SpecialToken"]["id"]
+    elif pp.get("type") in ("RobertaProcessing", "BertProcessing"):
+        cls, sep = pp["cls"][0], pp["sep"][0]
+    else:
+        raise ValueError(f"cannot export a tokenizer whose post-processor is {pp.get('type')}: no pair template")
+    vocab = tok.get_vocab(with_added_tokens=True)
+    bpe = state["model"]["type"] == "BPE"  # byte-level BPE is RoBERTa's tokenizer, WordPiece BERT's
+    if bpe:
+        pre = state["pre_tokenizer"] or {}
+        settings = {"add_prefix_space": pre.get("add_prefix_space", False), "trim_offsets": pp.get("trim_offsets", True),
+                    "bos_token": cls, "eos_token": sep, "unk_token": "<unk>", "mask_token": "<mask>"}
+    else:
+        norm = state["normalizer"] or {}
+        settings = {"do_lower_case": norm.get("lowercase", True), "strip_accents": norm.get("strip_accents"),
+                    "tokenize_chinese_chars": norm.get("handle_chinese_chars", True),
+                    "unk_token": state["model"].get("unk_token", "[UNK]"), "mask_token": "[MASK]"}
+    settings.update(cls_token=cls, sep_token=sep, pad_token=tok.id_to_token(cfg.pad_token_id))
+    settings = {k: v for k, v in settings.items() if not k.endswith("_token") or v in vocab}
+    named = {v for k, v in settings.items() if k.endswith("_token")}
+    extra = [t["content"] for t in state["added_tokens"] if t["special"] and t["content"] not in named]
+    if extra:
+        settings["additional_special_tokens"] = extra
+    # the class rebuilds the tokenizer from these settings: if that is not `tok`, ship tokenizer.json as it is
+    try:
+        if bpe:
+            merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["model"]["merges"]]
+            rebuilt = _byte_level_bpe(state["model"]["vocab"], merges, settings, directory)
+        else:
+            rebuilt = _wordpiece(state["model"]["vocab"], settings, directory)
+        rebuilt = json.loads(rebuilt.to_str())
+        same = all(rebuilt[k] == state[k] for k in ("normalizer", "pre_tokenizer", "post_processor", "decoder",
+                                                    "model", "added_tokens"))
+    except (ValueError, KeyError):  # e.g. a special token the class needs is not in the vocabulary
+        same = False
+    tokenizer_class = ("RobertaTokenizer" if bpe else "BertTokenizer") if same else "PreTrainedTokenizerFast"
+    config = {"tokenizer_class": tokenizer_class, "model_max_length": cfg.max_length, **settings}
+    special = {k: v for k, v in settings.items() if k.endswith("_token") or k == "additional_special_tokens"}
+    atomic_write(directory / "tokenizer.json", tok.save)
+    for name, obj in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
+        atomic_write(directory / name, lambda tmp, obj=obj: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))

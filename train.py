@@ -508,8 +508,9 @@ class Run:
                 if self.cfg.adapter:
                     adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
                 else:
-                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels))
-                    self.tokenizer.save(str(self.dir / "model" / "tokenizer.json"))  # eval.py reads it back
+                    # with the tokenizer files: transformers' AutoTokenizer and pipeline, and eval.py, read them
+                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels),
+                                          tokenizer=self.tokenizer)
             write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
             self.checkpoint_path.unlink(missing_ok=True)
         return result
