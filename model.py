@@ -11,7 +11,8 @@ checks that name every missing or unexpected key. The one place we differ from t
 layout is the fused Q/K/V projection (`attention.self.qkv`), which the table builds from
 `query`, `key` and `value` on load and splits again on export.
 
-Public API: `Config`, `Classifier`, `load_config`, `from_pretrained`, `load_tokenizer`, `save_pretrained`.
+Public API: `Config`, `Classifier`, `load_config`, `from_pretrained`, `load_tokenizer`, `save_pretrained`,
+`save_tokenizer`; file helpers the other files share: `read_weights`, `load_torch_file`, `atomic_write`.
 """
 
 from __future__ import annotations
@@ -777,8 +778,8 @@ def save_tokenizer(tok, directory: str | os.PathLike, cfg: Config) -> None:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json, so that transformers'
     AutoTokenizer encodes exactly as `tok` does and truncates at the model's limit.
 
-    tokenizer_config.json names the model's tokenizer class (BertTokenizer / RobertaTokenizer) with the
-    settings read back from `tok` itself (lower-casing, accents, prefix space, special tokens), since
+    tokenizer_config.json names the tokenizer's class (BertTokenizer for WordPiece, RobertaTokenizer for
+    byte-level BPE) with the settings read back from `tok` itself (lower-casing, accents, prefix space, special tokens), since
     transformers rebuilds those classes from that file and would otherwise use its defaults; a `tok` those
     settings cannot describe is written as PreTrainedTokenizerFast, which reads tokenizer.json as it is.
     `model_max_length` is `cfg.max_length`: what `truncation=True` cuts to (transformers' default is 1e30,

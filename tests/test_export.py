@@ -98,7 +98,7 @@ def test_pipeline_on_long_texts_and_pairs(exported):
     """pipeline("text-classification") truncates a 600-word text at the model's limit, labels by name,
     and scores like our model on our own encoding."""
     from transformers import pipeline
-    name, src, out = exported
+    _, src, out = exported
     tok = hf_tokenizer(out)
     assert len(tok(LONG)["input_ids"]) > 512 and len(tok(LONG, truncation=True)["input_ids"]) == 512
     pipe = pipeline("text-classification", model=str(out), device="cpu", top_k=None)
