@@ -7,6 +7,8 @@ skips inside), and transformers' get_linear_schedule_with_warmup gives the learn
 update must use: the reference schedule counted over real updates only.
 """
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -31,8 +33,7 @@ def argv(task, out, *extra, precision="fp16"):
             "--precision", precision, "--log-every", "1", *extra]
 
 
-@pytest.fixture
-def overflows(monkeypatch):
+def install_overflows(mp: pytest.MonkeyPatch) -> list[float]:
     """Inf gradients on the SKIPPED steps; returns the learning rates of the updates that really happened."""
     applied = []
     real_step, real_build = train.Run.train_step, train.build_optimizer
@@ -55,9 +56,25 @@ def overflows(monkeypatch):
             lambda o, args, kwargs: applied.append(before["lr"]) if steps() > before["n"] else None)
         return optimizer, scheduler
 
-    monkeypatch.setattr(train.Run, "train_step", train_step)
-    monkeypatch.setattr(train, "build_optimizer", build_optimizer)
+    mp.setattr(train.Run, "train_step", train_step)
+    mp.setattr(train, "build_optimizer", build_optimizer)
     return applied
+
+
+@pytest.fixture
+def overflows(monkeypatch):
+    return install_overflows(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(task, tmp_path_factory):
+    """One fp16 run with the forced overflows: its result, real updates' lrs, folder and printed lines."""
+    out = tmp_path_factory.mktemp("ref")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        lrs = install_overflows(mp)
+        (result,) = train.main(argv(task, out))
+    return {"result": result, "lrs": lrs, "dir": out / "acl" / "enc" / "seed1", "stdout": printed.getvalue()}
 
 
 def reference_lrs(n: int, lr: float = 1e-3) -> list[float]:
@@ -77,28 +94,26 @@ def train_records(run_dir):
     return [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if r["split"] == "train"]
 
 
-def test_skipped_steps_do_not_advance_the_schedule(task, tmp_path, overflows, capsys):
-    (result,) = train.main(argv(task, tmp_path))
+def test_skipped_steps_do_not_advance_the_schedule(uninterrupted):
+    result, lrs = uninterrupted["result"], uninterrupted["lrs"]
     ref = reference_lrs(STEPS)
-    assert len(overflows) == STEPS - len(SKIPPED), "the forced overflows did not make the scaler skip"
-    assert overflows == pytest.approx(ref[: len(overflows)], rel=1e-12, abs=0)  # warm-up from its start
+    assert len(lrs) == STEPS - len(SKIPPED), "the forced overflows did not make the scaler skip"
+    assert lrs == pytest.approx(ref[: len(lrs)], rel=1e-12, abs=0)  # the warm-up from its start
     assert result["steps"] == STEPS and result["skipped_steps"] == len(SKIPPED)
 
-    records = train_records(tmp_path / "acl" / "enc" / "seed1")
+    records = train_records(uninterrupted["dir"])
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     want_skipped = [sum(s < r["step"] for s in SKIPPED) for r in records]
     assert [r["skipped_steps"] for r in records] == want_skipped
     # the logged lr is the one the next update will use: the schedule at the number of updates so far
     assert [r["lr"] for r in records] == pytest.approx([ref[r["step"] - k] for r, k in zip(records, want_skipped)])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    lines = [line for line in uninterrupted["stdout"].splitlines() if line.startswith("step ")]
     assert len(lines) == STEPS and lines[0].endswith("| skipped 1") and lines[-1].endswith("| skipped 4")
 
 
-def test_resume_keeps_the_skipped_count(task, tmp_path, overflows, monkeypatch):
+def test_resume_keeps_the_skipped_count(task, tmp_path, overflows, monkeypatch, uninterrupted):
     """A run stopped after its step-4 checkpoint (three skips so far) resumes onto the uninterrupted numbers."""
-    (ref,) = train.main(argv(task, tmp_path / "ref"))
-    ref_lrs = list(overflows)
-    overflows.clear()
+    ref, ref_lrs = uninterrupted["result"], uninterrupted["lrs"]
     real_save = train.Run.save_checkpoint
 
     def save_and_stop(self):
@@ -113,8 +128,7 @@ def test_resume_keeps_the_skipped_count(task, tmp_path, overflows, monkeypatch):
     assert overflows == ref_lrs
     assert resumed["skipped_steps"] == ref["skipped_steps"] == len(SKIPPED) and resumed["test"] == ref["test"]
     strip = lambda rs: [{k: v for k, v in r.items() if k != "examples_per_s"} for r in rs]
-    assert strip(train_records(tmp_path / "cut" / "acl" / "enc" / "seed1")) == \
-        strip(train_records(tmp_path / "ref" / "acl" / "enc" / "seed1"))
+    assert strip(train_records(tmp_path / "cut" / "acl" / "enc" / "seed1")) == strip(train_records(uninterrupted["dir"]))
 
 
 def test_no_skips_without_fp16(task, tmp_path):
