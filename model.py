@@ -426,7 +426,7 @@ def load_torch_file(path: Path, what: str, *, refused: str, corrupt: str):
     "refused": the file is a well-formed pickle that asks for other objects (they are named), which
     this project never loads, as it may be malicious; "truncated or corrupt": anything else. The
     objects are the ones torch's refusal names, else found statically: torch's own scan for a
-    torch.save zip, and for a bare pickle (whose framing torch's loader does not parse) the
+    torch.save zip, and for a bare pickle (protocol 0 or 4 opcodes torch's loader does not read) the
     "restricting globals" unpickler of Python's pickle docs, which refuses every import.
     """
     try:
