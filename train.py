@@ -321,6 +321,7 @@ class Run:
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps, d.device)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.dtype == torch.float16)
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
+        self.skipped_steps = 0  # fp16 steps whose update the GradScaler skipped (inf/NaN gradients)
         self.window = torch.zeros(2, dtype=torch.float64, device=d.device)  # train loss sum, examples since last log
         self.first_bad = torch.full((), -1, dtype=torch.long, device=d.device)  # first step with a NaN/inf loss
 
@@ -347,7 +348,8 @@ class Run:
             "model": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "ranks": per_rank,
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step, "skipped_steps": self.skipped_steps, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
             "elapsed": self.elapsed + time.perf_counter() - self.t0,
             "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
             "config": dataclasses.asdict(self.cfg), "world_size": self.d.world_size,
@@ -355,7 +357,10 @@ class Run:
         model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        # tensors, dicts, numbers and strings only (RNG states are ByteTensors): a planted pickle cannot run
+        ways_on = (f"Delete it to start seed {self.seed} over in {self.dir} (the same command), or delete "
+                   f"{self.dir} to start the seed over from an empty folder.")
+        state = model.load_torch_file(self.checkpoint_path, "checkpoint", refused=ways_on, corrupt=ways_on)
         # a checkpoint written before a setting existed ran with that setting's default
         saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
         changed = [k for k in self.FIXED_ON_RESUME if saved[k] != getattr(self.cfg, k)]
@@ -371,6 +376,7 @@ class Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.skipped_steps = state.get("skipped_steps", 0)  # older checkpoints stepped the schedule on every step
         self.elapsed = state["elapsed"]
         if state["world_size"] == self.d.world_size:
             mine = state["ranks"][self.d.rank]
@@ -409,10 +415,16 @@ class Run:
         if cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
             torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+        scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
-        self.scaler.update()
+        self.scaler.update()  # ... which then lowers the scale: the one public sign of a skipped update
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        # The schedule counts updates: a skipped one must not eat warm-up (as transformers' Trainer does). The
+        # loop still counts it as a step of the epoch, so the schedule then ends short of its last points.
+        if self.scaler.get_scale() < scale:
+            self.skipped_steps += 1
+        else:
+            self.scheduler.step()
         self.step += 1
 
     def log_train(self, epoch_progress: float, examples_since: float, seconds: float, bar) -> None:
@@ -425,11 +437,13 @@ class Run:
                 f"the training loss became NaN/inf {where} (seed {self.seed}); try --precision bf16 or fp32, "
                 f"or a lower --lr than {self.cfg.lr:g}")
         record = {"step": self.step, "epoch": round(epoch_progress, 4), "split": "train", "loss": loss_sum / n,
-                  "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples_since / seconds}
+                  "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples_since / seconds,
+                  "skipped_steps": self.skipped_steps}
         self.window.zero_()
         self.log(record)
         line = (f"step {self.step:6d}/{self.total_steps} | epoch {epoch_progress:5.2f} | loss {record['loss']:.4f} "
-                f"| lr {record['lr']:.2e} | {record['examples_per_s']:7.1f} ex/s")
+                f"| lr {record['lr']:.2e} | {record['examples_per_s']:7.1f} ex/s"
+                + (f" | skipped {self.skipped_steps}" if self.scaler.is_enabled() else ""))
         if bar.disable:
             print0(line)
         else:
@@ -486,15 +500,17 @@ class Run:
     def finish(self, results: dict) -> dict:
         wall = self.elapsed + time.perf_counter() - self.t0
         result = {"dataset": self.cfg.dataset, "model": self.cfg.model, "adapter": self.cfg.adapter, "seed": self.seed,
-                  "epochs": self.cfg.epochs, "steps": self.step, **results, "wall_time_s": wall,
+                  "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps, **results,
+                  "wall_time_s": wall,
                   **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params}
         if self.d.master:
             if self.cfg.save:
                 if self.cfg.adapter:
                     adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
                 else:
-                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels))
-                    self.tokenizer.save(str(self.dir / "model" / "tokenizer.json"))  # eval.py reads it back
+                    # with the tokenizer files: transformers' AutoTokenizer and pipeline, and eval.py, read them
+                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels),
+                                          tokenizer=self.tokenizer)
             write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
             self.checkpoint_path.unlink(missing_ok=True)
         return result
