@@ -132,6 +132,24 @@ def test_test_fraction_holds_out_exactly_like_agnews(data_dir, tmp_path):
         assert ds.examples["train"] == data.load_split("agnews", "train", data_dir)
 
 
+def test_test_fraction_rounds_the_test_share_up(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(5)])
+    ds = data.open_dataset(str(tmp_path), test_fraction=0.5)
+    # as datasets' train_test_split: n_test = ceil(test_size * n), the rest trains
+    assert (len(ds.examples["train"]), len(ds.examples["test"])) == (2, 3)
+    assert sorted(e.text for s in ds.splits for e in ds.examples[s]) == [f"t{i}" for i in range(5)]
+
+
+def test_text_pair_column_is_used_when_the_training_file_has_one(tmp_path):
+    write_csv(tmp_path / "train.csv", ["label", "text", "text_pair"], [["a", "q1", "p1"], ["b", "q2", "p2"]])
+    write_csv(tmp_path / "test.csv", ["text_pair", "text", "label"], [["p3", "q3", "b"]])
+    ds = data.open_dataset(str(tmp_path))
+    assert ds.examples["test"] == [data.Example("q3", "p3", 1)]
+    write_csv(tmp_path / "train.csv", ["label", "text"], [["a", "q1"], ["b", "q2"]])
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'test.csv'} has a 'text_pair' column, ")):
+        data.open_dataset(str(tmp_path))  # test pairs where training had none: refused, not dropped
+
+
 def test_bom_crlf_and_quoted_newlines_are_read(tmp_path):
     text = '\ufefftext,label\r\n"two\r\nlines, one ""text""",a\r\nplain,b\r\n"",a\r\n'
     (tmp_path / "train.csv").write_bytes(text.encode("utf-8"))
