@@ -1,4 +1,4 @@
-"""--tensorboard: the event files, read back with TensorBoard's own reader, hold exactly metrics.jsonl's numbers,
+"""--tensorboard (on your own data, a csv copy of the keyword task): the event files, read back with TensorBoard's own reader, hold exactly metrics.jsonl's numbers,
 also after an interrupted run is resumed; without the package the flag is a one-line error."""
 
 import csv
@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import data
 import train
 from conftest import ROOT, write_keyword_task, write_tiny_encoder
 
@@ -19,19 +20,28 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
+    """(tiny encoder, the keyword task as your own data: keywords/{train,dev,test}.csv)."""
     root = tmp_path_factory.mktemp("tensorboard")
-    return write_tiny_encoder(root / "enc"), write_keyword_task(root / "data", sizes=(150, 30, 40))
+    task = write_keyword_task(root / "data", sizes=(150, 30, 40))
+    mine = root / "keywords"
+    mine.mkdir()
+    for split in ("train", "dev", "test"):
+        with open(mine / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["label", "text"])
+            for line in (task / "acl" / f"{split}.jsonl").read_text().splitlines():
+                writer.writerow([json.loads(line)["label"], json.loads(line)["text"]])
+    return write_tiny_encoder(root / "enc"), mine
 
 
-def args(task, out, *extra, dataset=None):
-    enc, data_dir = task
-    dataset = dataset or ["--dataset", "acl", "--data-dir", str(data_dir)]
-    return [*dataset, "--model", str(enc), "--out", str(out), "--epochs", "2", "--lr", "3e-3", "--batch-size", "16",
-            "--max-length", "64", "--log-every", "3", "--tensorboard", *extra]
+def args(task, out, *extra):
+    enc, mine = task
+    return ["--dataset", str(mine), "--model", str(enc), "--out", str(out), "--epochs", "2", "--lr", "3e-3",
+            "--batch-size", "16", "--max-length", "64", "--log-every", "3", "--tensorboard", *extra]
 
 
 def run_dir(out):
-    return out / "acl" / "enc" / "seed1"
+    return out / "keywords" / "enc" / "seed1"
 
 
 def logged(path):
@@ -85,6 +95,8 @@ def test_resumed_run_shows_no_orphans(task, uninterrupted, tmp_path, monkeypatch
         train.main(args(task, tmp_path))
     monkeypatch.undo()
     assert (run_dir(tmp_path) / "checkpoint.pt").exists()
+    with pytest.raises(ValueError, match=r"--labels None \(now \['Uses', "):  # other class ids: another task
+        train.main(args(task, tmp_path, "--resume", "--labels", ",".join(data.DATASETS["acl"].labels)))
     train.main(args(task, tmp_path, "--resume"))
     assert len(list(run_dir(tmp_path).glob("events.out.tfevents.*"))) == 2  # the crashed attempt's file is still there
     got = logged(run_dir(tmp_path))
@@ -99,26 +111,17 @@ def test_without_the_package_one_line_says_what_to_install(task, tmp_path, monke
     with pytest.raises(ValueError) as err:
         train.main(args(task, tmp_path))
     assert str(err.value) == "--tensorboard needs the tensorboard package: pip install tensorboard"
-    assert not (tmp_path / "acl").exists()  # stopped before anything was trained or written
+    assert not (tmp_path / "keywords").exists()  # stopped before anything was trained or written
 
 
 def test_torchrun_on_your_own_data_rank0_writes_the_events(task, tmp_path):
-    """Two ranks on a csv copy of the task: the one process's metrics, and one set of event files (rank 0's)."""
-    mine = tmp_path / "keywords"
-    mine.mkdir()
-    for split in ("train", "dev", "test"):
-        with open(mine / f"{split}.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["label", "text"])
-            for line in (task[1] / "acl" / f"{split}.jsonl").read_text().splitlines():
-                writer.writerow([json.loads(line)["label"], json.loads(line)["text"]])
-    (one,) = train.main(args(task, tmp_path / "one", "--epochs", "1", dataset=["--dataset", str(mine)]))
+    """Two ranks: the one process's metrics, and one set of event files (rank 0's)."""
+    (one,) = train.main(args(task, tmp_path / "one", "--epochs", "1"))
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(ROOT / "train.py"), *args(task, tmp_path / "two", "--epochs", "1", "--micro-batch-size", "8",
-                                                        dataset=["--dataset", str(mine)])],
+                          str(ROOT / "train.py"), *args(task, tmp_path / "two", "--epochs", "1", "--micro-batch-size", "8")],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
-    folder = tmp_path / "two" / "keywords" / "enc" / "seed1"
+    folder = run_dir(tmp_path / "two")
     result = json.loads((folder / "result.json").read_text())
     for split in ("dev", "test"):
         assert {k: result[split][k] for k in ("accuracy", "f1_macro", "n")} == \
