@@ -22,6 +22,11 @@ glues two words together.
 Files come from `data_dir` (laid out like `../shared/data/`, see `DATASETS`) or, without it,
 from the Hub through `huggingface_hub` into its usual cache.
 
+Your own data (`open_dataset`, `read_own`): a folder, files, or a Hub dataset repo holding
+train/test(/dev) `.jsonl`, `.csv` or `.tsv` files, read with the stdlib's `json` and `csv` (strict
+quoting, RFC 4180), checked whole before anything trains; a bad value is an error naming the file
+and the line. `--test-fraction` holds out rows exactly as agnews' split does (seed 2022).
+
 Training batches follow the length-grouping of Hugging Face's `LengthGroupedSampler` (shuffle,
 sort inside mega-batches, cut, shuffle the batches), so a batch is padded only to its own
 longest sequence. The random generator is `numpy.random.default_rng([seed, epoch])`: the same

@@ -542,7 +542,8 @@ class Run:
         wall = self.elapsed + time.perf_counter() - self.t0
         result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "adapter": self.cfg.adapter, "seed": self.seed,
                   "epochs": self.cfg.epochs, "steps": self.step, **results, "wall_time_s": wall,
-                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params}
+                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
+                  "labels": list(self.labels)}  # class names, index = class id
         if self.d.master:
             if self.cfg.save:
                 if self.cfg.adapter:

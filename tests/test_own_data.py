@@ -382,7 +382,7 @@ def test_label_names_reach_config_export_and_evaluate(small, reference, enc, tmp
     (own,) = fit(enc, tmp_path, *given, "--save")
     assert own["test"] == reference("acl")[0]["test"]
     run = tmp_path / "acl-jsonl-names" / "enc" / "seed1"
-    assert json.loads((run / "config.json").read_text())["labels"] == ACL_NAMES
+    assert json.loads((run / "config.json").read_text())["labels"] == own["labels"] == ACL_NAMES
     exported = json.loads((run / "model" / "config.json").read_text())["id2label"]
     assert exported == {str(i): n for i, n in enumerate(ACL_NAMES)}  # what transformers reads as the label names
     checkpoint = ["evaluate", "--checkpoint", str(run / "model"), "--max-length", "48"]
