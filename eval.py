@@ -129,9 +129,11 @@ def check_labels(net: model.Classifier, labels: list[str], dataset: str, directo
 def evaluate_command(args) -> dict:
     import train  # the only file that touches torch.distributed: evaluation reduces through its helper
     with train.distributed(args.device) as d:
-        dataset = train.open_dataset(args, splits=(args.split,))  # a registered dataset reads only this split
         net, tok = load_checkpoint(args.checkpoint, args.base)
-        check_labels(net, dataset.labels, dataset.name, args.checkpoint)
+        if args.dataset in data.DATASETS:  # refuse a checkpoint for other labels before reading or downloading
+            check_labels(net, data.DATASETS[args.dataset].labels, args.dataset, args.checkpoint)
+        dataset = train.open_dataset(args, splits=(args.split,))  # a registered dataset reads only this split
+        check_labels(net, dataset.labels, dataset.name, args.checkpoint)  # your own data: labels from its files
         max_length = min(args.max_length, net.config.max_length)
         enc = data.encode(dataset.examples[args.split], tok, max_length)
         dtype = train.autocast_dtype(args.precision, d.device)
