@@ -254,8 +254,9 @@ class Dataset:
 def run_name(dataset: str | None, train_file: str | None = None, given: str | None = None) -> str:
     """The name runs of `--dataset` / `--train-file` are filed under; checks the spelling, reads no file.
 
-    A registered name wins; then an existing folder (named after it, or `given`); then `hub:owner/name`
-    (named owner--name). With `--train-file` the name is the folder holding that file, or `given`.
+    A registered name wins; then `hub:owner/name` (named owner--name); then an existing folder (named
+    after it). With `--train-file` the name is the folder holding that file. `given` (--dataset-name)
+    overrides the last three; a registered name is refused for them, so their runs never mix.
     """
     if dataset is not None and train_file is not None:
         raise ValueError("--dataset and --train-file both name the training data: pass one of them")
