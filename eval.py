@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -116,9 +117,10 @@ def load_checkpoint(directory: str | Path, base: str | None = None):
     return model.from_pretrained(directory), model.load_tokenizer(base or directory)
 
 
-def check_labels(net: model.Classifier, dataset: str, directory) -> None:
-    """A checkpoint for another label set would give silently wrong numbers: refuse it."""
-    labels = list(data.DATASETS[dataset].labels)
+def check_labels(net: model.Classifier, labels: list[str], dataset: str, directory) -> None:
+    """A checkpoint for another label set would give silently wrong numbers: refuse it.
+    `labels`: the dataset's class names, index = class id (data.Dataset.labels)."""
+    labels = list(labels)
     if net.num_labels != len(labels):
         raise ValueError(f"{directory} has a {net.num_labels}-label head but {dataset} has {len(labels)} classes "
                          f"({', '.join(labels)}): it was trained for another dataset")
@@ -130,19 +132,19 @@ def check_labels(net: model.Classifier, dataset: str, directory) -> None:
 def evaluate_command(args) -> dict:
     import train  # the only file that touches torch.distributed: evaluation reduces through its helper
     with train.distributed(args.device) as d:
-        info = data.DATASETS[args.dataset]
-        if args.split not in info.splits:
-            raise ValueError(f"{args.dataset} has splits {', '.join(info.splits)}, not {args.split!r}")
         net, tok = load_checkpoint(args.checkpoint, args.base)
-        check_labels(net, args.dataset, args.checkpoint)
+        if args.dataset in data.DATASETS:  # refuse a checkpoint for other labels before reading or downloading
+            check_labels(net, data.DATASETS[args.dataset].labels, args.dataset, args.checkpoint)
+        dataset = train.open_dataset(args, splits=(args.split,))  # a registered dataset reads only this split
+        check_labels(net, dataset.labels, dataset.name, args.checkpoint)  # your own data: labels from its files
         max_length = min(args.max_length, net.config.max_length)
-        enc = data.encode(data.load_split(args.dataset, args.split, args.data_dir), tok, max_length)
+        enc = data.encode(dataset.examples[args.split], tok, max_length)
         dtype = train.autocast_dtype(args.precision, d.device)
         autocast = (lambda: torch.autocast(d.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         result = evaluate(net.to(d.device), enc, net.num_labels, pad_id=net.config.pad_token_id, device=d.device,
                           batch_size=args.batch_size, max_length=max_length, autocast=autocast, rank=d.rank,
                           world_size=d.world_size, reduce=train.all_reduce_sum)
-        train.print0(f"{args.checkpoint} on {args.dataset} {args.split} ({result['n']} examples): "
+        train.print0(f"{args.checkpoint} on {dataset.name} {args.split} ({result['n']} examples): "
                      f"accuracy {100 * result['accuracy']:.2f} | macro-F1 {100 * result['f1_macro']:.2f} | "
                      f"micro-F1 {100 * result['f1_micro']:.2f} | loss {result['loss']:.4f}")
         if args.json:
@@ -567,9 +569,11 @@ def main(argv: list[str] | None = None):
     p = sub.add_parser("evaluate", help="score a saved checkpoint on a dataset split (torchrun works too)")
     p.add_argument("--checkpoint", required=True, help="train.py --save's <run>/model, a transformers "
                    "checkpoint, or an adapter folder")
-    p.add_argument("--dataset", required=True, choices=sorted(data.DATASETS))
+    import train  # the dataset flags are TrainConfig's: both CLIs spell and explain them alike
+    for f in dataclasses.fields(train.TrainConfig):
+        if f.name in ("dataset", "data_dir", *train.OWN_DATA):
+            p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **f.metadata)
     p.add_argument("--split", default="test")
-    p.add_argument("--data-dir", help="local dataset folder in the layout of shared/data (default: the Hub)")
     p.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
                    "also where the tokenizer comes from")
     p.add_argument("--batch-size", type=int, default=128)

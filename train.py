@@ -48,7 +48,17 @@ REPORT_DEFAULTS = {
     "full": {"restaurant": (4, 1e-5), "acl": (4, 1e-5), "agnews": (5, 2e-5), "agnews-full": (5, 2e-5)},
     "adapter": {"restaurant": (4, 5e-5), "acl": (4, 5e-5), "agnews": (6, 5e-5), "agnews-full": (6, 5e-5)},
 }
+# Your own data (not in the report) gets the report's settings for its two small datasets, restaurant and acl.
+OWN_DATA_DEFAULTS = {"full": (4, 1e-5), "adapter": (4, 5e-5)}
+# TrainConfig fields that say which of your own files to read and how; eval.py evaluate takes the same flags.
+OWN_DATA = ("train_file", "dev_file", "test_file", "test_fraction", "text_column", "text_pair_column", "label_column",
+            "labels", "dataset_name")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def comma_list(text: str) -> list[str]:
+    """argparse type of --labels: "a, b,c" -> ["a", "b", "c"]."""
+    return [item.strip() for item in text.split(",")]
 
 
 def opt(default, help, **argparse_kwargs):
@@ -58,7 +68,8 @@ def opt(default, help, **argparse_kwargs):
 
 @dataclass
 class TrainConfig:
-    dataset: str = opt(None, "dataset name", choices=sorted(data.DATASETS), required=True)
+    dataset: str | None = opt(None, f"a registered dataset ({', '.join(data.DATASETS)}), a folder of your own "
+                                    "train/test(/dev) .jsonl/.csv/.tsv files, or hub:owner/name")
     model: str = opt("roberta-base", "Hub id, alias (roberta-base, bert-base-uncased, scibert) or local directory")
     model_name: str | None = opt(None, "name of the model in the run folder (default: from --model)")
     adapter: bool = opt(False, "train bottleneck adapters, LayerNorms and the head; freeze the rest")
@@ -89,6 +100,22 @@ class TrainConfig:
     resume: bool = opt(False, "continue interrupted seeds from their last checkpoint")
     log_every: int = opt(10, "log the training loss every N optimizer steps", type=int)
     checkpoint_every: int = opt(200, "also checkpoint every N steps (0: only at epoch ends)", type=int)
+    # Your own data (README "Your own data"): --dataset DIR or hub:owner/name, or these files
+    train_file: str | None = opt(None, "your own training file (.jsonl, .csv or .tsv), instead of --dataset")
+    dev_file: str | None = opt(None, "with --train-file: a dev file, evaluated every epoch like the test file")
+    test_file: str | None = opt(None, "with --train-file: the test file")
+    test_fraction: float | None = opt(None, "without a test file: hold out this share of the training file "
+                                            "(fixed seed 2022, as agnews' split)", type=float)
+    text_column: str = opt("text", "your files' text column")
+    text_pair_column: str | None = opt(None, "your files' second text of a pair (default: text_pair, if the "
+                                             "training file has it)")
+    label_column: str = opt("label", "your files' label column (names or integers)")
+    labels: list[str] | None = opt(None, "your labels in class-id order, comma-separated (default: "  # noqa: RUF009
+                                         "the sorted set of the training labels, integers in numeric order)",
+                                   type=comma_list)
+    dataset_name: str | None = opt(None, "your dataset's name in the run folder (default: its folder's name)")
+    tensorboard: bool = opt(False, "also write metrics.jsonl's numbers as TensorBoard event files in the run folder "
+                                   "(pip install tensorboard)")
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -109,9 +136,11 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
     """Fill in the per-dataset defaults and reject settings that contradict each other."""
     if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
         raise ValueError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
-    epochs, lr = REPORT_DEFAULTS["adapter" if cfg.adapter else "full"][cfg.dataset]
+    kind = "adapter" if cfg.adapter else "full"
+    epochs, lr = REPORT_DEFAULTS[kind][cfg.dataset] if cfg.dataset in data.DATASETS else OWN_DATA_DEFAULTS[kind]
     cfg = dataclasses.replace(
-        cfg, epochs=epochs if cfg.epochs is None else cfg.epochs, lr=lr if cfg.lr is None else cfg.lr,
+        cfg, dataset_name=data.run_name(cfg.dataset, cfg.train_file, cfg.dataset_name),  # checks --dataset
+        epochs=epochs if cfg.epochs is None else cfg.epochs, lr=lr if cfg.lr is None else cfg.lr,
         bottleneck=(64 if cfg.bottleneck is None else cfg.bottleneck) if cfg.adapter else None,
         adapter_placement=(cfg.adapter_placement or "houlsby") if cfg.adapter else None,
         micro_batch_size=max(cfg.batch_size // world_size, 1) if cfg.micro_batch_size is None else cfg.micro_batch_size)
@@ -126,7 +155,17 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
     if cfg.batch_size % (world_size * cfg.micro_batch_size):
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
                          f"--micro-batch-size {cfg.micro_batch_size}; pick a global batch that is")
+    if cfg.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401  (an optional extra: only this flag needs it)
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     return cfg
+
+
+def open_dataset(cfg, splits: tuple[str, ...] | None = None) -> data.Dataset:
+    """The dataset that cfg's dataset flags name: a TrainConfig, or eval.py evaluate's arguments (the same flags)."""
+    return data.open_dataset(cfg.dataset, data_dir=cfg.data_dir, splits=splits, **{k: getattr(cfg, k) for k in OWN_DATA})
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -288,12 +327,14 @@ class Run:
     # settings that must not change when a run is resumed (the others, e.g. micro-batch, may)
     FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
                        "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision",
-                       "random_batches")
+                       "random_batches", "train_file", "dev_file", "test_file", "test_fraction", "text_column",
+                       "text_pair_column", "label_column", "labels")
 
     def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, d: Dist,
-                 run_dir: Path):
+                 run_dir: Path, labels: list[str]):
         self.cfg, self.seed, self.splits, self.tokenizer, self.d, self.dir = cfg, seed, splits, tokenizer, d, run_dir
-        self.labels = data.DATASETS[cfg.dataset].labels
+        self.labels = labels  # class names, index = class id
+        self.tensorboard = None  # a SummaryWriter on rank 0 with --tensorboard, opened by run()
         self.dtype = autocast_dtype(cfg.precision, d.device)
         self.autocast = (functools.partial(torch.autocast, d.device.type, dtype=self.dtype) if self.dtype
                          else contextlib.nullcontext)
@@ -335,6 +376,19 @@ class Run:
         if self.d.master:
             with open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:  # every number of the same record, as <split>/<name> at its step
+                for key, value in record.items():
+                    if key not in ("step", "split") and isinstance(value, (int, float)):
+                        self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
+                self.tensorboard.flush()  # on disk as soon as metrics.jsonl, so a crash loses neither
+
+    def open_tensorboard(self) -> None:
+        """With --tensorboard, rank 0 opens a SummaryWriter in the run folder. Its purge_step makes TensorBoard
+        hide what an interrupted attempt logged after the step this run continues from (step 0: a fresh run),
+        as load_checkpoint cuts those lines from metrics.jsonl; they are logged again."""
+        if self.cfg.tensorboard and self.d.master:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(self.dir), purge_step=self.step + 1)
 
     def save_checkpoint(self) -> None:
         """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
@@ -469,6 +523,7 @@ class Run:
             self.load_checkpoint()
         elif d.master:
             (self.dir / "metrics.jsonl").write_text("")
+        self.open_tensorboard()
         self.t0 = time.perf_counter()
         results = {}
         enc = self.splits["train"]
@@ -499,10 +554,11 @@ class Run:
 
     def finish(self, results: dict) -> dict:
         wall = self.elapsed + time.perf_counter() - self.t0
-        result = {"dataset": self.cfg.dataset, "model": self.cfg.model, "adapter": self.cfg.adapter, "seed": self.seed,
-                  "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps, **results,
-                  "wall_time_s": wall,
-                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params}
+        result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "adapter": self.cfg.adapter,
+                  "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
+                  **results, "wall_time_s": wall,
+                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
+                  "labels": list(self.labels)}  # class names, index = class id
         if self.d.master:
             if self.cfg.save:
                 if self.cfg.adapter:
@@ -511,6 +567,8 @@ class Run:
                     # with the tokenizer files: transformers' AutoTokenizer and pipeline, and eval.py, read them
                     model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels),
                                           tokenizer=self.tokenizer)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
             self.checkpoint_path.unlink(missing_ok=True)
         return result
@@ -520,37 +578,38 @@ class Run:
 
 
 def prepare(cfg: TrainConfig):
-    """(tokenized splits, model config, tokenizer): every split is read and tokenized once, for all seeds."""
+    """(tokenized splits, model config, tokenizer, label names): every split is read and tokenized once, for all
+    seeds."""
     mcfg = model.load_config(cfg.model)
     if cfg.max_length > mcfg.max_length:
         raise ValueError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
                          f"({mcfg.max_length} positions); use --max-length {mcfg.max_length} or less")
     tok = model.load_tokenizer(cfg.model)
-    info = data.DATASETS[cfg.dataset]
-    splits = {s: data.encode(data.load_split(cfg.dataset, s, cfg.data_dir), tok, cfg.max_length) for s in info.splits}
-    return splits, mcfg, tok
+    dataset = open_dataset(cfg)
+    splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
+    return splits, mcfg, tok, dataset.labels
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_args(argv)
     with distributed(cfg.device) as d:
         cfg = resolve(cfg, d.world_size)
-        splits, mcfg, tok = prepare(cfg)
+        splits, mcfg, tok, labels = prepare(cfg)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
-        print0(f"{cfg.dataset} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
+        print0(f"{cfg.dataset_name} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
                f"{d.world_size} x {d.device.type} | batch {cfg.batch_size} = {d.world_size} rank(s) x "
                f"{cfg.micro_batch_size} x {cfg.batch_size // (d.world_size * cfg.micro_batch_size)} accumulation "
                f"| lr {cfg.lr:g} | {cfg.epochs} epochs")
         results = []
         for seed in cfg.seeds:
-            run_dir = Path(cfg.out) / cfg.dataset / model_slug(cfg) / f"seed{seed}"
+            run_dir = Path(cfg.out) / cfg.dataset_name / model_slug(cfg) / f"seed{seed}"
             if (run_dir / "result.json").exists():
                 print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
                 continue
             if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
                 raise ValueError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
                                  "it, or delete the folder to start over")
-            run = Run(cfg, seed, splits, tok, d, run_dir)
+            run = Run(cfg, seed, splits, tok, d, run_dir, labels)
             if d.master:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 write_json(run_dir / "config.json", {

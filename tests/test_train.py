@@ -237,7 +237,7 @@ def test_nan_loss_stops_with_a_clear_message(task, tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--dataset", "imdb"], "invalid choice: 'imdb'"),
+    (["--dataset", "imdb"], "unknown dataset 'imdb'"),
     (["--model", "/no/such/model"], "neither a local directory nor a Hub model repo"),
     (["--micro-batch-size", "5"], "--batch-size 32 is not divisible by 1 rank(s) x --micro-batch-size 5"),
     (["--max-length", "100"], "--max-length 100 is above what"),
