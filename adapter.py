@@ -192,7 +192,6 @@ def load_adapters(model: modeling.Classifier, directory: str | os.PathLike) -> m
     Adds adapters with the saved settings (or checks the ones already added match), checks the
     base is the one they were trained on, then loads every saved tensor: no more, no fewer.
     """
-    from safetensors.torch import load_file
     directory = Path(directory)
     meta = read_config(directory)
     _check_base(model, meta, directory)
@@ -204,7 +203,7 @@ def load_adapters(model: modeling.Classifier, directory: str | os.PathLike) -> m
     if base_fingerprint(model) != meta["base_sha256"]:
         raise ValueError(f"{directory} was trained on other base weights than this model's (SHA-256 of the "
                          f"frozen weights differs); it belongs to base {meta['base']!r}")
-    state = load_file(directory / WEIGHTS_FILE)
+    state = modeling.read_weights(directory / WEIGHTS_FILE)  # safetensors: tensors only, nothing can run
     expected = {name: p for name, p in model.named_parameters() if p.requires_grad}
     _check_keys(state, expected, directory / WEIGHTS_FILE)
     with torch.no_grad():

@@ -3,6 +3,8 @@
     python eval.py evaluate --checkpoint runs/acl/roberta-base/seed1/model --dataset acl
     python eval.py summarize runs/        # markdown table: mean ± std over seeds
     python eval.py plot runs/ --out figures/
+    python eval.py compare runs/ roberta-base bert-base-uncased   # is A better than B? (stats.py)
+    python eval.py claims runs/ experiments/report_claims.json
 
 Every rank scores its own shard of the split (no padding duplicates, no gaps), then one
 reduction sums the confusion matrix, the loss and the count, so the numbers are the same
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -28,6 +31,7 @@ from tqdm import tqdm
 
 import data
 import model
+import stats
 
 
 def confusion_matrix(preds, labels, num_classes: int) -> np.ndarray:
@@ -124,9 +128,10 @@ def load_checkpoint(directory: str | Path, base: str | None = None):
     return model.from_pretrained(directory), model.load_tokenizer(base or directory)
 
 
-def check_labels(net: model.Classifier, dataset: str, directory) -> None:
-    """A checkpoint for another label set would give silently wrong numbers: refuse it."""
-    labels = list(data.DATASETS[dataset].labels)
+def check_labels(net: model.Classifier, labels: list[str], dataset: str, directory) -> None:
+    """A checkpoint for another label set would give silently wrong numbers: refuse it.
+    `labels`: the dataset's class names, index = class id (data.Dataset.labels)."""
+    labels = list(labels)
     if net.num_labels != len(labels):
         raise ValueError(f"{directory} has a {net.num_labels}-label head but {dataset} has {len(labels)} classes "
                          f"({', '.join(labels)}): it was trained for another dataset")
@@ -138,19 +143,19 @@ def check_labels(net: model.Classifier, dataset: str, directory) -> None:
 def evaluate_command(args) -> dict:
     import train  # the only file that touches torch.distributed: evaluation reduces through its helper
     with train.distributed(args.device) as d:
-        info = data.DATASETS[args.dataset]
-        if args.split not in info.splits:
-            raise ValueError(f"{args.dataset} has splits {', '.join(info.splits)}, not {args.split!r}")
         net, tok = load_checkpoint(args.checkpoint, args.base)
-        check_labels(net, args.dataset, args.checkpoint)
+        if args.dataset in data.DATASETS:  # refuse a checkpoint for other labels before reading or downloading
+            check_labels(net, data.DATASETS[args.dataset].labels, args.dataset, args.checkpoint)
+        dataset = train.open_dataset(args, splits=(args.split,))  # a registered dataset reads only this split
+        check_labels(net, dataset.labels, dataset.name, args.checkpoint)  # your own data: labels from its files
         max_length = min(args.max_length, net.config.max_length)
-        enc = data.encode(data.load_split(args.dataset, args.split, args.data_dir), tok, max_length)
+        enc = data.encode(dataset.examples[args.split], tok, max_length)
         dtype = train.autocast_dtype(args.precision, d.device)
         autocast = (lambda: torch.autocast(d.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         result = evaluate(net.to(d.device), enc, net.num_labels, pad_id=net.config.pad_token_id, device=d.device,
                           batch_size=args.batch_size, max_length=max_length, autocast=autocast, rank=d.rank,
                           world_size=d.world_size, reduce=train.all_reduce_sum)
-        train.print0(f"{args.checkpoint} on {args.dataset} {args.split} ({result['n']} examples): "
+        train.print0(f"{args.checkpoint} on {dataset.name} {args.split} ({result['n']} examples): "
                      f"accuracy {100 * result['accuracy']:.2f} | macro-F1 {100 * result['f1_macro']:.2f} | "
                      f"micro-F1 {100 * result['f1_micro']:.2f} | loss {result['loss']:.4f}")
         if args.json:
@@ -277,6 +282,213 @@ def format_table(rows: list[dict], metrics, fmt: str = "markdown") -> str:
                      + ["| " + " | ".join(line) + " |" for line in lines])
 
 
+# ----------------------------------------------------------------------------- compare two models, check claims
+
+SCORES = ("accuracy", "f1_macro", "f1_micro")  # higher is better: what compare and claims test
+CLAIMS = ("a > b", "a < b", "a = b")
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in SCORES:
+        raise ValueError(f"unknown metric {metric!r}: compare and claims test {', '.join(SCORES)} (higher is better)")
+
+
+def seed_groups(seeds: list[Seed], split: str) -> dict[tuple[str, str], list[Seed]]:
+    """{(dataset, model): finished seeds}, finished = result.json holds `split`; every folder's group
+    is listed, empty when none of its seeds finished."""
+    groups: dict[tuple[str, str], list[Seed]] = {}
+    for s in seeds:
+        groups.setdefault((s.dataset, s.model), [])
+        if s.result and split in s.result:
+            groups[(s.dataset, s.model)].append(s)
+    return groups
+
+
+def group_values(group: list[Seed], split: str, metric: str) -> np.ndarray:
+    """One value per finished seed; a missing or non-finite value is an error naming its file."""
+    values = []
+    for s in group:
+        section = s.result.get(split) if isinstance(s.result, dict) else None
+        value = section.get(metric) if isinstance(section, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+            raise ValueError(f"{s.path / 'result.json'}: {split} {metric} is {value!r}, not a finite number; "
+                             f"rerun that seed (delete its folder) or leave it out of the runs folder")
+        values.append(float(value))
+    return np.array(values)
+
+
+def _check_names(groups: dict, root, a: str, b: str, datasets) -> None:
+    models = sorted({m for _, m in groups})
+    for name in (a, b):
+        if name not in models:
+            raise ValueError(f"no model {name!r} in {root} (there: {', '.join(models)})")
+    there = _ordered(d for d, _ in groups)
+    for dataset in datasets or ():
+        if dataset not in there:
+            raise ValueError(f"no dataset {dataset!r} in {root} (there: {', '.join(there)})")
+
+
+def _too_few(groups: dict, dataset: str, names, split: str) -> str | None:
+    """Why (dataset, a) vs (dataset, b) cannot be compared, or None."""
+    for name in names:
+        n = len(groups.get((dataset, name), []))
+        if n < 2:
+            return (f"{name} has {n} finished seed{'' if n == 1 else 's'} on {dataset} (result.json with {split}); "
+                    "a comparison needs at least 2 a side")
+    return None
+
+
+def compare_one(groups: dict, dataset: str, a: str, b: str, metric: str, split: str, alpha: float) -> dict:
+    values_a = group_values(groups[(dataset, a)], split, metric)
+    values_b = group_values(groups[(dataset, b)], split, metric)
+    return {"dataset": dataset, "metric": metric, "split": split, "a": a, "b": b,
+            **stats.compare(values_a, values_b, alpha=alpha),
+            "seeds_a": [s.seed for s in groups[(dataset, a)]], "seeds_b": [s.seed for s in groups[(dataset, b)]]}
+
+
+def compare(root: str | Path, a: str, b: str, datasets=None, metric: str = "f1_macro", split: str = "test",
+            alpha: float = 0.05) -> list[dict]:
+    """Is model A better than model B? One row per dataset (stats.compare's keys, values as fractions like
+    result.json's, plus dataset, metric, split, a, b and the seeds used). Without `datasets`, every
+    dataset where both have at least 2 finished seeds; the others are named in a warning on stderr."""
+    _check_metric(metric)
+    if not 0 < alpha < 1:
+        raise ValueError(f"--alpha must lie between 0 and 1, not {alpha}")
+    groups = seed_groups(read_runs(root), split)
+    _check_names(groups, root, a, b, datasets)
+    if a == b:
+        raise ValueError(f"A and B are both {a!r}: name two different models")
+    if datasets:
+        datasets = list(dict.fromkeys(datasets))
+        for dataset in datasets:
+            if reason := _too_few(groups, dataset, (a, b), split):
+                raise ValueError(reason)
+    else:
+        both = [d for d in _ordered(d for d, _ in groups) if (d, a) in groups and (d, b) in groups]
+        datasets = []
+        for dataset in both:
+            if reason := _too_few(groups, dataset, (a, b), split):
+                print(f"warning: {dataset} skipped: {reason}", file=sys.stderr)
+            else:
+                datasets.append(dataset)
+        if not datasets:
+            counts = "; ".join(f"{m}: " + ", ".join(f"{d} {len(g)}" for (d, mm), g in groups.items() if mm == m)
+                               for m in (a, b))
+            raise ValueError(f"{a} and {b} have no dataset where both have 2+ finished seeds with {split} "
+                             f"(finished seeds: {counts})")
+    return [compare_one(groups, d, a, b, metric, split, alpha) for d in datasets]
+
+
+def read_claims(path: str | Path, metric: str) -> list[dict]:
+    """The statements of a claims file: a JSON list of {"a", "b", "dataset", "claim"} objects, with an
+    optional "metric" (default `metric`) and "note"."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no claims file at {path}")
+    try:
+        items = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{path}: expected a non-empty JSON list of claims like "
+                         '{"a": "roberta-base", "b": "bert-base-uncased", "dataset": "acl", "claim": "a > b"}')
+    claims = []
+    for i, item in enumerate(items, 1):
+        where = f"{path}: claim {i}"
+        if not isinstance(item, dict):  # a user's file, not a caller's bug: the CLI reports ValueErrors
+            raise ValueError(f"{where} is not an object")  # noqa: TRY004
+        if missing := [k for k in ("a", "b", "dataset", "claim") if k not in item]:
+            raise ValueError(f"{where} lacks {', '.join(missing)}")
+        if unknown := sorted(set(item) - {"a", "b", "dataset", "metric", "claim", "note"}):
+            raise ValueError(f"{where} has unknown key(s) {', '.join(unknown)} "
+                             "(keys: a, b, dataset, claim, metric, note)")
+        if item["claim"] not in CLAIMS:
+            raise ValueError(f"{where}: claim {item['claim']!r} is not one of {', '.join(map(repr, CLAIMS))}")
+        claim = {"metric": metric, **item}
+        _check_metric(claim["metric"])
+        claims.append(claim)
+    return claims
+
+
+def check_claims(root: str | Path, path: str | Path, metric: str = "f1_macro", split: str = "test",
+                 alpha: float = 0.05, margin: float = 1.0) -> list[dict]:
+    """Each claim with its comparison and a status. "a > b" / "a < b" are supported when compare's
+    verdict agrees, contradicted when it resolves the other way, else not resolved. "a = b" (within
+    `margin` POINTS) is supported when the whole interval lies in [-margin, +margin], else contradicted
+    when the difference is resolved, else not resolved: a difference that is resolved but smaller than
+    the margin still matches. A side with fewer than 2 finished seeds gives "not resolved" and a reason."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"--alpha must lie between 0 and 1, not {alpha}")
+    if not margin >= 0:
+        raise ValueError(f"--margin is in points and cannot be negative, not {margin}")
+    claims = read_claims(path, metric)
+    groups = seed_groups(read_runs(root), split)
+    rows = []
+    for c in claims:
+        _check_names(groups, root, c["a"], c["b"], [c["dataset"]])
+        if reason := _too_few(groups, c["dataset"], (c["a"], c["b"]), split):
+            rows.append({**c, "status": "not resolved", "reason": reason, "margin": margin})
+            continue
+        r = compare_one(groups, c["dataset"], c["a"], c["b"], c["metric"], split, alpha)
+        if c["claim"] == "a = b":
+            within = -margin / 100 <= r["ci_low"] and r["ci_high"] <= margin / 100
+            status = "supported" if within else "contradicted" if r["verdict"] != "not resolved" else "not resolved"
+        else:
+            wanted = "A better" if c["claim"] == "a > b" else "B better"
+            status = ("not resolved" if r["verdict"] == "not resolved"
+                      else "supported" if r["verdict"] == wanted else "contradicted")
+        rows.append({**c, **r, "status": status, "margin": margin})
+    return rows
+
+
+def _finite(value):
+    return value if not isinstance(value, float) or np.isfinite(value) else None  # JSON has no nan / inf
+
+
+def _points(x: float, sign: bool = False) -> str:
+    return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+
+
+def format_comparison(r: dict) -> str:
+    """The text block of one compare row: metric in points (percent), p as is."""
+    alpha = round(1 - r["confidence"], 10)
+    method = (f"exact, all {r['n_permutations']:,} relabelings" if r["method"] == "exact"
+              else f"monte-carlo, {r['n_permutations']:,} random relabelings, seed {r['seed']}")
+    d, needed, spread = r["cohens_d"], r["seeds_needed"], f"pooled sample std {_points(r['pooled_std'])} points"
+    lines = [
+        f"{r['dataset']} {r['metric']} ({r['split']}): A = {r['a']} ({r['n_a']} seeds), B = {r['b']} ({r['n_b']} seeds)",
+        (f"  mean A {_points(r['mean_a'])}, mean B {_points(r['mean_b'])}, "
+         f"difference A - B {_points(r['difference'], True)} points"),
+        (f"  {100 * r['confidence']:g}% bootstrap CI of the difference "
+         f"[{_points(r['ci_low'], True)}, {_points(r['ci_high'], True)}] points "
+         f"(percentile, {r['bootstrap_resamples']:,} resamples within each model, seed {r['seed']})"),
+        (f"  permutation p = {r['p_value']:.4g} ({method}); "
+         f"the smallest p {r['n_a']} and {r['n_b']} seeds can give: {r['min_p_value']:.4g}"),
+        f"  Cohen's d {d:+.2f} ({spread})" if np.isfinite(d) else
+        f"  Cohen's d {'undefined' if np.isnan(d) else 'infinite'} ({spread}: the seeds do not spread)",
+        f"  verdict at alpha {alpha:g}: {r['verdict']}",
+    ]
+    if needed is None:
+        lines.append("  seeds per side for 80% power: none would do (no difference)")
+    else:
+        floor = stats.fewest_seeds(alpha)
+        lines.append(f"  seeds per side for 80% power at alpha {alpha:g}: about {needed} (an estimate, from the pooled "
+                     "std" + (f"; {needed} is also the fewest with which the exact test can reach {alpha:g})"
+                              if needed == floor else ")"))
+    return "\n".join(lines)
+
+
+def format_claim(r: dict) -> str:
+    head = f"{r['status']:<13} {r['dataset']} {r['metric']}: {r['a']} {r['claim'][2]} {r['b']}"
+    if r["claim"] == "a = b":
+        head += f" (within ±{r['margin']:g} point{'' if r['margin'] == 1 else 's'})"
+    if "reason" in r:
+        return f"{head} | {r['reason']}"
+    return (f"{head} | {_points(r['mean_a'])} vs {_points(r['mean_b'])}, difference {_points(r['difference'], True)}, "
+            f"{100 * r['confidence']:g}% CI [{_points(r['ci_low'], True)}, {_points(r['ci_high'], True)}], "
+            f"p {r['p_value']:.4g} ({r['method']}), {r['n_a']} vs {r['n_b']} seeds")
+
+
 # ----------------------------------------------------------------------------- plot
 
 
@@ -374,9 +586,11 @@ def main(argv: list[str] | None = None):
     p = sub.add_parser("evaluate", help="score a saved checkpoint on a dataset split (torchrun works too)")
     p.add_argument("--checkpoint", required=True, help="train.py --save's <run>/model (not the run folder "
                    "itself), a transformers checkpoint, or an adapter folder")
-    p.add_argument("--dataset", required=True, choices=sorted(data.DATASETS))
+    import train  # the dataset flags are TrainConfig's: both CLIs spell and explain them alike
+    for f in dataclasses.fields(train.TrainConfig):
+        if f.name in ("dataset", "data_dir", *train.OWN_DATA):
+            p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **f.metadata)
     p.add_argument("--split", default="test")
-    p.add_argument("--data-dir", help="local dataset folder in the layout of shared/data (default: the Hub)")
     p.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
                    "also where the tokenizer comes from")
     p.add_argument("--batch-size", type=int, default=128)
@@ -392,6 +606,23 @@ def main(argv: list[str] | None = None):
     p = sub.add_parser("plot", help="PNG learning curves per dataset, and adapters vs full fine-tuning")
     p.add_argument("runs")
     p.add_argument("--out", default="figures")
+    for name, help_text in (("compare", "is model A better than model B? permutation p, bootstrap CI, Cohen's d"),
+                            ("claims", "check a JSON list of claims (a > b, a < b, a = b) against a runs folder")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("runs")
+        if name == "compare":
+            p.add_argument("a", help="model A: a model folder name in the runs folder (runs/<dataset>/<model>)")
+            p.add_argument("b", help="model B")
+            p.add_argument("--dataset", nargs="+", help="default: every dataset where both have 2+ finished seeds")
+        else:
+            p.add_argument("claims", help='JSON list of {"a", "b", "dataset", "claim", "metric"} objects')
+            p.add_argument("--margin", type=float, default=1.0, help="for a = b: the interval must lie within "
+                           "±margin, in points (default 1)")
+        p.add_argument("--metric", default="f1_macro", help=f"{', '.join(SCORES)} (default f1_macro)")
+        p.add_argument("--split", default="test")
+        p.add_argument("--alpha", type=float, default=0.05, help="test level; the interval is 1 - alpha (default 0.05)")
+        p.add_argument("--format", default="text", choices=("text", "json"),
+                       help="json: values as fractions, as in result.json")
     args = parser.parse_args(argv)
 
     if args.command == "evaluate":
@@ -399,6 +630,22 @@ def main(argv: list[str] | None = None):
     elif args.command == "summarize":
         metrics = METRICS if args.all_metrics else METRICS[:2]
         print(format_table(summarize(args.runs, args.split, metrics), metrics, args.format))
+    elif args.command == "compare":
+        rows = compare(args.runs, args.a, args.b, args.dataset, args.metric, args.split, args.alpha)
+        if args.format == "json":
+            print(json.dumps([{k: _finite(v) for k, v in r.items()} for r in rows], indent=2, allow_nan=False))
+        else:
+            print("\n\n".join(format_comparison(r) for r in rows))
+        return rows
+    elif args.command == "claims":
+        rows = check_claims(args.runs, args.claims, args.metric, args.split, args.alpha, args.margin)
+        if args.format == "json":
+            print(json.dumps([{k: _finite(v) for k, v in r.items()} for r in rows], indent=2, allow_nan=False))
+        else:
+            print("\n".join(format_claim(r) for r in rows))
+            counts = {s: sum(r["status"] == s for r in rows) for s in ("supported", "contradicted", "not resolved")}
+            print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (alpha {args.alpha:g}, {args.split} split)")
+        return rows
     else:
         for path in plot(args.runs, args.out):
             print(path)

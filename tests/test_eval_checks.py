@@ -1,0 +1,146 @@
+"""eval.py: `evaluate` refuses a checkpoint whose label names are not the dataset's, and every
+`plot` panel draws the metric its title names (the plotted data against means computed here from
+the runs' metrics.jsonl, not only that a PNG exists)."""
+
+import json
+import shutil
+
+import matplotlib.figure
+import numpy as np
+import pytest
+import torch
+
+import data
+import eval as evaluation
+import model
+from conftest import write_keyword_task, write_tiny_encoder
+
+ACL = data.DATASETS["acl"].labels
+
+# ----------------------------------------------------------------------------- label names
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labels")
+    return {"enc": write_tiny_encoder(root / "enc"), "data": write_keyword_task(root / "data", sizes=(10, 10, 20)),
+            "root": root}
+
+
+def _checkpoint(files, names) -> str:
+    """A 6-label classifier saved with these label names, beside the encoder's vocab."""
+    directory = files["root"] / ("ckpt-" + "-".join(names).replace("/", "_"))
+    if not directory.exists():
+        torch.manual_seed(0)
+        net = model.from_pretrained(files["enc"], num_labels=6)
+        model.save_pretrained(net, directory, labels=list(names))
+        shutil.copy(files["enc"] / "vocab.txt", directory / "vocab.txt")
+    return str(directory)
+
+
+def _evaluate(files, names):
+    return evaluation.main(["evaluate", "--checkpoint", _checkpoint(files, names), "--dataset", "acl",
+                            "--data-dir", str(files["data"]), "--device", "cpu", "--max-length", "64"])
+
+
+@pytest.mark.parametrize("names", [
+    ["positive", "neutral", "negative", "World", "Sports", "Business"],  # six names, another task's
+    ACL[1:] + ACL[:1],  # acl's own names in another order: class ids would mean other classes
+    [*ACL[:5], "background"],  # one name differs
+], ids=["other-names", "permuted", "one-differs"])
+def test_evaluate_refuses_other_label_names(files, names):
+    assert len(names) == len(ACL)
+    with pytest.raises(ValueError, match=r"labels its classes .* acl has .*index = class id") as e:
+        _evaluate(files, names)
+    assert str(names) in str(e.value) and str(ACL) in str(e.value)
+
+
+@pytest.mark.parametrize("names", [ACL, [f"LABEL_{i}" for i in range(6)]], ids=["acl", "transformers-default"])
+def test_evaluate_accepts_the_datasets_names_or_none(files, names):
+    """transformers' default names (LABEL_i) carry no meaning, so they are no reason to refuse."""
+    result = _evaluate(files, names)
+    assert result["n"] == 20 and 0 <= result["accuracy"] <= 1
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+PANELS = {  # title -> (split, metric, y label); independent of eval.py's own tables
+    "train loss": ("train", "loss", "loss"),
+    "test loss": ("test", "loss", "loss"),
+    "test accuracy": ("test", "accuracy", "accuracy (%)"),
+    "test macro-F1": ("test", "f1_macro", "macro-F1 (%)"),
+    "test micro-F1": ("test", "f1_micro", "micro-F1 (%)"),
+}
+
+
+def _write_runs(root):
+    """Hand-made runs: 3 seeds of bert and 2 of bert-adapter on acl, 2 of bert on restaurant, with
+    every metric drawn independently (so a panel showing another metric's data cannot match)."""
+    rng = np.random.default_rng(0)
+    runs = {}
+    for dataset, model_name, seeds in [("acl", "bert", 3), ("acl", "bert-adapter", 2), ("restaurant", "bert", 2)]:
+        for seed in range(1, seeds + 1):
+            path = root / dataset / model_name / f"seed{seed}"
+            path.mkdir(parents=True)
+            steps = [10, 20, 30] + ([40] if seed == 3 else [])  # seed 3 logged one step more
+            records = []
+            for i, step in enumerate(steps):
+                records.append({"step": step - 5, "epoch": i + 0.5, "split": "train",
+                                "loss": float(rng.uniform(0.2, 2)), "lr": 1e-5, "examples_per_s": 100.0})
+                records.append({"step": step, "epoch": i + 1, "split": "test",
+                                **{m: float(rng.uniform(0.1, 0.9)) for m in ("loss", "accuracy", "f1_macro",
+                                                                              "f1_micro")}})
+            (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            runs.setdefault((dataset, model_name), []).append(records)
+    return runs
+
+
+def _expected(seeds_records, split, metric, x):
+    """x values every seed has, mean and sample std over seeds, in the plot's units (metrics in %)."""
+    curves = [{r[x]: r[metric] for r in records if r["split"] == split} for records in seeds_records]
+    xs = sorted(set.intersection(*(set(c) for c in curves)))
+    values = np.array([[c[v] for v in xs] for c in curves])
+    scale = 1 if metric == "loss" else 100
+    std = values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(xs))
+    return np.array(xs, dtype=float), scale * values.mean(0), scale * std
+
+
+def _check_panel(ax, runs, dataset, split, metric, x):
+    lines = ax.get_lines()
+    bands = ax.collections
+    assert len(lines) == len(bands) > 0
+    for line, band in zip(lines, bands):
+        name, n = line.get_label().rsplit(" (", 1)
+        seeds = runs[dataset, name]
+        assert int(n.rstrip(")")) == len(seeds)
+        xs, mean, std = _expected(seeds, split, metric, x)
+        np.testing.assert_allclose(line.get_xydata(), np.stack([xs, mean], 1), rtol=1e-12,
+                                   err_msg=f"{dataset} {split} {metric} {name}")
+        ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+        np.testing.assert_allclose([ys.min(), ys.max()], [(mean - std).min(), (mean + std).max()], rtol=1e-12)
+
+
+def test_each_plot_panel_draws_the_metric_it_names(tmp_path, monkeypatch):
+    runs = _write_runs(tmp_path / "runs")
+    figures = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: figures.update({path.name: fig}))
+    written = evaluation.plot(tmp_path / "runs", tmp_path / "out")
+    assert sorted(p.name for p in written) == sorted(figures) == ["acl.png", "adapter_vs_full_bert.png",
+                                                                 "restaurant.png"]
+    for dataset in ("acl", "restaurant"):
+        axes = [ax for ax in figures[f"{dataset}.png"].axes if ax.get_title()]
+        assert sorted(ax.get_title() for ax in axes) == sorted(PANELS)
+        for ax in axes:
+            split, metric, ylabel = PANELS[ax.get_title()]
+            assert ax.get_ylabel() == ylabel and ax.get_xlabel() == "step"
+            _check_panel(ax, runs, dataset, split, metric, "step")
+    axes = figures["adapter_vs_full_bert.png"].axes  # per dataset with bert or bert-adapter runs, two panels
+    metrics = {"test accuracy": "accuracy", "test macro-F1": "f1_macro"}
+    assert sorted(ax.get_title() for ax in axes) == sorted(f"{d}: {t}" for d in ("acl", "restaurant") for t in metrics)
+    for ax in axes:
+        dataset, title = ax.get_title().split(": ")
+        assert ax.get_xlabel() == "epoch"
+        assert sorted(line.get_label() for line in ax.get_lines()) == (
+            ["bert (3)", "bert-adapter (2)"] if dataset == "acl" else ["bert (2)"])
+        _check_panel(ax, runs, dataset, "test", metrics[title], "epoch")
