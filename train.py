@@ -165,13 +165,18 @@ def setup_distributed(device: str | None = None) -> Dist:
     # destroy_process_group could not free it, and gloo's threads would run on into interpreter exit
     # (where a 2-rank test run here once aborted: "terminate called without an active exception").
     importlib.import_module("torch.distributed.nn.functional")
+    # torchrun keeps one store for all its restarts (--max-restarts), and a restarted rank can read the address
+    # a dead rank of the previous attempt left there ("Connection refused"; pytorch/pytorch#167288). The
+    # ranks of each attempt meet under their own prefix.
+    store, _, _ = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
     if use_cuda:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
-        dist.init_process_group("nccl", device_id=dev)
+        dist.init_process_group("nccl", device_id=dev, store=store, rank=rank, world_size=world_size)
     else:
         dev = torch.device("cpu")
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     return Dist(rank, world_size, dev)
 
 
@@ -230,6 +235,7 @@ def print0(*args) -> None:
 # SIGUSR1 is the usual `#SBATCH --signal=USR1@90` warning before the time limit.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 _stop_signal = 0  # the first stop signal this process received, 0 for none; set by the handler only
+_old_handlers: dict = {}  # while the stop handlers are installed: the handlers they replaced
 
 
 class Stopped(Exception):
@@ -253,21 +259,26 @@ def _on_stop_signal(signum, frame) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def catch_stop_signals() -> None:
+    """From here on SIGINT, SIGTERM and SIGUSR1 ask the training loop to stop (see Stopped), until the end of
+    stop_on_signals(). Called when training starts, not before: setup can block inside C (a rendezvous, a
+    peer that died), where no Python handler runs, and only the default action ends a process at once.
+    Signal handlers can only be set from the main thread: elsewhere this does nothing."""
+    if threading.current_thread() is threading.main_thread() and not _old_handlers:
+        _old_handlers.update({s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS})
+
+
 @contextlib.contextmanager
 def stop_on_signals():
-    """While active, SIGINT, SIGTERM and SIGUSR1 ask the loop to stop (see Stopped); the old handlers come back
-    after. Signal handlers can only be set from the main thread: elsewhere this does nothing."""
+    """A fresh stop flag; on the way out, the handlers that catch_stop_signals() replaced come back."""
     global _stop_signal
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     _stop_signal = 0
-    old = {s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        for s, handler in old.items():
+        for s, handler in _old_handlers.items():
             signal.signal(s, handler)
+        _old_handlers.clear()
 
 
 def agreed_stop_signal(d: Dist, *flags: bool) -> list[int]:
@@ -584,6 +595,7 @@ class Run:
 
     def run(self) -> dict:
         cfg, d = self.cfg, self.d
+        catch_stop_signals()
         if cfg.resume and self.checkpoint_path.exists():
             self.load_checkpoint()
             self.saved_step = self.step
