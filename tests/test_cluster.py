@@ -20,7 +20,8 @@ import torch
 import train
 from conftest import ROOT, write_keyword_task, write_tiny_encoder
 
-EPOCHS = 6  # 60 steps of 32 examples: long enough to be signalled mid-run, short enough to run often
+EPOCHS = 4  # 40 steps of 32 examples: long enough to be signalled mid-run, short enough to run often
+STEPS = 10 * EPOCHS
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
@@ -101,6 +102,16 @@ def assert_close_numbers(out, ref, name):
         assert a[split]["loss"] == pytest.approx(b[split]["loss"], abs=1e-4)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs on one thread, as the subprocesses (OMP_NUM_THREADS=1): on a loaded machine two threads
+    of tiny ops wait for each other far longer than they compute."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
@@ -124,7 +135,7 @@ def ref(task):
 def stopped_line(err: str, signame: str) -> re.Match:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    m = re.fullmatch(rf"train\.py: stopped by {signame} at step (\d+)/60 \(epoch \d, batch \d+ of 10\); checkpoint "
+    m = re.fullmatch(rf"train\.py: stopped by {signame} at step (\d+)/{STEPS} \(epoch \d, batch \d+ of 10\); checkpoint "
                      r"written: (\S+); to continue: python train.py (.*) --resume", lines[0])
     assert m, lines[0]
     return m
@@ -181,7 +192,7 @@ def test_sigterm_to_one_rank_stops_both_at_one_step(task, ref, tmp_path):
     assert done.returncode != 0  # torchrun's own: a worker ended with 143
     lines = [line for line in done.stderr.splitlines() if line.startswith("train.py")]
     assert len(lines) == 1, done.stderr[-3000:]  # rank 0 speaks; the other ranks stop silently
-    m = re.match(r"train\.py: stopped by SIGTERM at step (\d+)/60 .*; to continue: torchrun <the same torchrun "
+    m = re.match(rf"train\.py: stopped by SIGTERM at step (\d+)/{STEPS} .*; to continue: torchrun <the same torchrun "
                  r"options> train.py .* --resume$", lines[0])
     assert m, lines[0]
     assert 'train.py", line' not in done.stderr  # no traceback from our ranks
