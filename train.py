@@ -691,8 +691,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         if restarts and not cfg.resume:
             # every rank's RNG is in the checkpoint, so an elastic restart ends on the uninterrupted numbers
-            print0(f"torchrun restarted the workers (restart {restarts}): continuing from the last checkpoints, "
-                   "as with --resume")
+            print0(f"torchrun restarted the workers (restart {restarts}): continuing from the last checkpoints "
+                   "(where there are any), as with --resume")
             cfg = dataclasses.replace(cfg, resume=True)
         splits, mcfg, tok = prepare(cfg)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
@@ -706,7 +706,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if (run_dir / "result.json").exists():
                 print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
                 continue
-            if stop := agreed_stop_signal(d)[0]:  # the signal came between seeds (or before the first)
+            if stop := agreed_stop_signal(d)[0]:  # the signal came after the last step of the seed before
                 raise Stopped(stop, f"stopped by {signal.Signals(stop).name} before seed {seed} started; "
                                     "finished seeds have their result.json" if d.master else None)
             run_locks.enter_context(run_lock(run_dir, d))
