@@ -39,7 +39,16 @@ def start(argv, torchrun: int = 0, *launcher_args):
 
 
 def finish(proc, timeout=240):
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # a hung run must not outlive the test: torchrun passes SIGTERM on, then SIGKILLs its workers after 30 s
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
