@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import functools
 import gc
 import importlib
@@ -25,8 +27,11 @@ import math
 import os
 import platform
 import resource
+import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +128,8 @@ class TrainConfig:
     dataset_name: str | None = opt(None, "your dataset's name in the run folder (default: its folder's name)")
     tensorboard: bool = opt(False, "also write metrics.jsonl's numbers as TensorBoard event files in the run folder "
                                    "(pip install tensorboard)")
+    checkpoint_minutes: float = opt(0.0, "also checkpoint every M minutes of wall time (0: off), for jobs that can "
+                                         "be preempted", type=float)
 
 
 def _help(f: dataclasses.Field) -> str:
@@ -167,6 +174,8 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.warmup_ratio < 1 or cfg.max_grad_norm < 0:
         raise ValueError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
+    if cfg.checkpoint_every < 0 or cfg.checkpoint_minutes < 0:
+        raise ValueError("--checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ValueError(f"--seeds has duplicates: {cfg.seeds}")
     if cfg.batch_size % (world_size * cfg.micro_batch_size):
@@ -212,13 +221,18 @@ def setup_distributed(device: str | None = None) -> Dist:
     # destroy_process_group could not free it, and gloo's threads would run on into interpreter exit
     # (where a 2-rank test run here once aborted: "terminate called without an active exception").
     importlib.import_module("torch.distributed.nn.functional")
+    # torchrun keeps one store for all its restarts (--max-restarts), and a restarted rank can read the address
+    # a dead rank of the previous attempt left there ("Connection refused"; pytorch/pytorch#167288). The
+    # ranks of each attempt meet under their own prefix.
+    store, _, _ = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
     if use_cuda:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
-        dist.init_process_group("nccl", device_id=dev)
+        dist.init_process_group("nccl", device_id=dev, store=store, rank=rank, world_size=world_size)
     else:
         dev = torch.device("cpu")
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     return Dist(rank, world_size, dev)
 
 
@@ -247,6 +261,12 @@ def all_reduce_sum(t: torch.Tensor) -> None:
         dist.all_reduce(t)
 
 
+def all_reduce_max(t: torch.Tensor) -> None:
+    """In place: the maximum over ranks (a no-op on one process)."""
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -263,6 +283,115 @@ def all_gather(obj) -> list:
 def print0(*args) -> None:
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(*args, flush=True)
+
+
+# ----------------------------------------------------------------------------- stopping, run-folder ownership
+
+# SIGINT is Ctrl-C; SIGTERM is what SLURM (and Kubernetes, and torchrun shutting down) send before SIGKILL;
+# SIGUSR1 is the usual `#SBATCH --signal=USR1@90` warning before the time limit.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+_stop_signal = 0  # the first stop signal this process received, 0 for none; set by the handler only
+_old_handlers: dict = {}  # while the stop handlers are installed: the handlers they replaced
+
+
+class Stopped(Exception):
+    """A graceful stop on a signal: the process exits with 128 + the signal number, the shell's code for
+    'ended by that signal' (130 SIGINT, 143 SIGTERM, 138 SIGUSR1). `message` is None on ranks other than 0."""
+
+    def __init__(self, signum: int, message: str | None):
+        super().__init__(message)
+        self.exit_code, self.message = 128 + signum, message
+
+
+class CheckpointWriteError(Exception):
+    """Rank 0 could not write a checkpoint (disk full, no permission); raised on every rank."""
+
+
+def _on_stop_signal(signum, frame) -> None:
+    # Only a flag: the loop stops at the next optimizer-step boundary, where every rank agrees to stop.
+    global _stop_signal
+    _stop_signal = _stop_signal or signum
+    # A second Ctrl-C quits at once: the kernel's default action needs no step boundary, even mid-collective.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def catch_stop_signals() -> None:
+    """From here on SIGINT, SIGTERM and SIGUSR1 ask the training loop to stop (see Stopped), until the end of
+    stop_on_signals(). Called when training starts, not before: setup can block inside C (a rendezvous, a
+    peer that died), where no Python handler runs, and only the default action ends a process at once.
+    Signal handlers can only be set from the main thread: elsewhere this does nothing."""
+    if threading.current_thread() is threading.main_thread() and not _old_handlers:
+        _old_handlers.update({s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS})
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """A fresh stop flag; on the way out, the handlers that catch_stop_signals() replaced come back."""
+    global _stop_signal
+    _stop_signal = 0
+    try:
+        yield
+    finally:
+        for s, handler in _old_handlers.items():
+            signal.signal(s, handler)
+        _old_handlers.clear()
+
+
+def agreed_stop_signal(d: Dist, *flags: bool) -> list[int]:
+    """[stop signal, *flags], the same on every rank: the largest over ranks, so that one rank's signal stops
+    all of them at the same step. One tiny all-reduce; on one process no collective at all."""
+    values = torch.tensor([_stop_signal, *flags], dtype=torch.long, device=d.device)
+    all_reduce_max(values)
+    return values.tolist()
+
+
+def continue_command(argv: list[str] | None) -> str:
+    """The command line that continues this job: the same arguments, plus --resume."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    launcher = "torchrun <the same torchrun options> train.py" if "RANK" in os.environ else "python train.py"
+    return " ".join([launcher, shlex.join(args + ([] if "--resume" in args else ["--resume"]))])
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, d: Dist):
+    """Own `run_dir` for the length of the block: rank 0 holds an exclusive flock on <run_dir>/train.lock
+    (host and pid written in it), and every rank learns rank 0's outcome, so none of them waits in a
+    collective for a rank that stopped. The kernel drops the lock when the holder dies, even by SIGKILL, so
+    a killed job never leaves the folder stuck; the file itself stays, and only the lock on it counts.
+    Raises ValueError (on every rank) when another process holds it."""
+    lock, error = None, None
+    if d.master:
+        path = run_dir / "train.lock"
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(path, "a+")  # noqa: SIM115 (held open to the end of the block: the lock lives with the file)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"host {platform.node()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+            lock.flush()
+        except BlockingIOError:  # flock's EWOULDBLOCK: another process owns the folder
+            lock.seek(0)
+            owner = lock.read().strip() or "an unknown process"
+            lock.close()
+            lock, error = None, (f"{run_dir} is in use by another job ({owner}): two jobs on one run folder would "
+                                 "mix their checkpoints and logs; wait for it to end, or stop it first")
+        except OSError as e:
+            if lock is None:  # the folder or the lock file cannot be created
+                error = f"cannot write to {run_dir}: {e.strerror or e}; check the path and its permissions"
+            elif e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                print(f"note: {path} cannot be locked on this filesystem ({e.strerror}): make sure only one job "
+                      "at a time uses this run folder", file=sys.stderr)
+            else:
+                raise
+    error = all_gather(error)[0]
+    if error:
+        raise ValueError(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
 
 
 # ----------------------------------------------------------------------------- setup pieces
@@ -380,6 +509,7 @@ class Run:
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.dtype == torch.float16)
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
         self.skipped_steps = 0  # fp16 steps whose update the GradScaler skipped (inf/NaN gradients)
+        self.saved_step, self.saved_at = None, time.monotonic()  # the last checkpoint: step, monotonic seconds
         self.window = torch.zeros(2, dtype=torch.float64, device=d.device)  # train loss sum, examples since last log
         self.first_bad = torch.full((), -1, dtype=torch.long, device=d.device)  # first step with a NaN/inf loss
 
@@ -412,8 +542,15 @@ class Run:
         cuda = self.d.device.type == "cuda"
         per_rank = all_gather({"rng": torch.get_rng_state(), "window": self.window.cpu(),
                                "cuda_rng": torch.cuda.get_rng_state(self.d.device) if cuda else None})
-        if not self.d.master:
-            return
+        self.saved_at = time.monotonic()
+        error = self._write_checkpoint(per_rank) if self.d.master else None
+        error = all_gather(error)[0]  # every rank stops on rank 0's failure, none waits for it in a collective
+        if error:
+            raise CheckpointWriteError(error)
+        self.saved_step = self.step
+
+    def _write_checkpoint(self, per_rank: list) -> str | None:
+        """Rank 0: write checkpoint.pt; the error message if the disk is full or not writable, else None."""
         metrics = self.dir / "metrics.jsonl"
         state = {
             "model": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
@@ -425,7 +562,14 @@ class Run:
             "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
             "config": dataclasses.asdict(self.cfg), "world_size": self.d.world_size,
         }
-        model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        try:
+            model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        except OSError as e:  # atomic_write renames only a complete file, so the previous checkpoint is untouched
+            before = (f"the previous checkpoint (step {self.saved_step}) is intact" if self.saved_step is not None
+                      else "no earlier checkpoint exists")
+            return (f"cannot write {self.checkpoint_path} at step {self.step}: {e.strerror or e}; {before}; "
+                    "free disk space or fix the permissions, then continue with --resume")
+        return None
 
     def load_checkpoint(self) -> None:
         # tensors, dicts, numbers and strings only (RNG states are ByteTensors): a planted pickle cannot run
@@ -536,12 +680,15 @@ class Run:
 
     def run(self) -> dict:
         cfg, d = self.cfg, self.d
+        catch_stop_signals()
         if cfg.resume and self.checkpoint_path.exists():
             self.load_checkpoint()
+            self.saved_step = self.step
         elif d.master:
             (self.dir / "metrics.jsonl").write_text("")
         self.open_tensorboard()
         self.t0 = time.perf_counter()
+        self.saved_at = time.monotonic()  # --checkpoint-minutes counts from here
         results = {}
         enc = self.splits["train"]
         for epoch in range(self.epoch, cfg.epochs):
@@ -560,14 +707,35 @@ class Run:
                 if self.step % cfg.log_every == 0 or i == len(batches) - 1:
                     self.log_train(epoch + (i + 1) / len(batches), n_log, time.perf_counter() - t_log, bar)
                     t_log, n_log = time.perf_counter(), 0
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and i < len(batches) - 1:
+                # Every rank must take the same branch here (a checkpoint gathers every rank's RNG), so the
+                # stop signal and rank 0's clock go through one collective at each step.
+                stop, minutes_up = agreed_stop_signal(d, d.master and self.checkpoint_due())
+                periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                if stop or ((periodic or minutes_up) and i < len(batches) - 1):  # the epoch end has its own
                     self.save_checkpoint()
+                if stop:
+                    self.stop(stop, f"at step {self.step}/{self.total_steps} (epoch {epoch + 1}, batch {i + 1} of "
+                                    f"{len(batches)})")
             bar.close()
             results = self.evaluate(epoch + 1)
             self.epoch, self.batch_in_epoch = epoch + 1, 0
             if epoch + 1 < cfg.epochs:
                 self.save_checkpoint()
+                if stop := agreed_stop_signal(d)[0]:  # the signal came during evaluation
+                    self.stop(stop, f"at step {self.step}/{self.total_steps} (end of epoch {epoch + 1})")
         return self.finish(results)
+
+    def checkpoint_due(self) -> bool:
+        """--checkpoint-minutes: has that much wall time passed since the last checkpoint (or the start)?"""
+        minutes = self.cfg.checkpoint_minutes
+        return bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes
+
+    def stop(self, signum: int, where: str) -> None:
+        """Raise Stopped, after every rank has reached this point: rank 0 has finished writing the checkpoint,
+        and no rank exits (which makes torchrun kill the others) while rank 0 still writes."""
+        barrier()
+        raise Stopped(signum, f"stopped by {signal.Signals(signum).name} {where}; checkpoint written: "
+                              f"{self.checkpoint_path}" if self.d.master else None)
 
     def finish(self, results: dict) -> dict:
         wall = self.elapsed + time.perf_counter() - self.t0
@@ -674,10 +842,17 @@ def prepare(cfg: TrainConfig):
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_args(argv)
-    with distributed(cfg.device) as d:
+    # the run folder's lock is held for one seed at a time (released after it, and on any error by the with)
+    with stop_on_signals(), distributed(cfg.device) as d, contextlib.ExitStack() as run_locks:
         cfg = resolve(cfg, d.world_size)
         if cfg.precision == "fp16" and d.device.type == "cpu":
             print0(FP16_ON_CPU)  # before anything slow: the user can stop and choose again
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if restarts and not cfg.resume:
+            # every rank's RNG is in the checkpoint, so an elastic restart ends on the uninterrupted numbers
+            print0(f"torchrun restarted the workers (restart {restarts}): continuing from the last checkpoints "
+                   "(where there are any), as with --resume")
+            cfg = dataclasses.replace(cfg, resume=True)
         splits, mcfg, tok, labels = prepare(cfg)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
         print0(f"{cfg.dataset_name} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
@@ -690,6 +865,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if (run_dir / "result.json").exists():
                 print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
                 continue
+            if stop := agreed_stop_signal(d)[0]:  # the signal came after the last step of the seed before
+                raise Stopped(stop, f"stopped by {signal.Signals(stop).name} before seed {seed} started; "
+                                    "finished seeds have their result.json" if d.master else None)
+            run_locks.enter_context(run_lock(run_dir, d))
             if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
                 raise ValueError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
                                  "it, or delete the folder to start over")
@@ -708,12 +887,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
             # its model, and so that the DDP wrapper no longer holds the process group when it is torn down.
             del run
             gc.collect()
+            run_locks.close()
         return results
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # bad input: the message says what to do
+    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointWriteError) as e:  # says what to do
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as e:  # SIGINT, SIGTERM or SIGUSR1: see Stopped for the exit code
+        if e.message:
+            print(f"train.py: {e.message}; to continue: {continue_command(None)}", file=sys.stderr)
+        sys.exit(e.exit_code)
