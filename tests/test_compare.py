@@ -75,7 +75,8 @@ def test_ties_on_rounded_metrics_are_counted(seed):
     # exact, so its ties are true ties; a positive multiple of the statistic leaves both tails unchanged.
     rng = np.random.default_rng(200 + seed)
     n_a, n_b = int(rng.integers(2, 8)), int(rng.integers(2, 8))
-    ints_a, ints_b = rng.integers(7800, 7830, n_a), rng.integers(7790, 7820, n_b)
+    low_a, low_b = (7800, 7790) if seed % 2 else (7790, 7800)  # A above B, then below: ties in either tail
+    ints_a, ints_b = low_a + 10 * rng.integers(0, 4, n_a), low_b + 10 * rng.integers(0, 4, n_b)  # many ties
     exact = lambda x, y, axis: n_b * x.sum(axis=axis) - n_a * y.sum(axis=axis)
     assert stats.permutation_test(ints_a / 1e4, ints_b / 1e4)["p_value"] == scipy_p(ints_a, ints_b, exact)
 
