@@ -1,0 +1,305 @@
+"""train.py's optimisation, step for step, against an independent reference loop.
+
+The reference is written here from public parts only: transformers' Bert/RobertaForSequenceClassification
+(attn_implementation="sdpa"), torch.optim.AdamW with the usual groups (no decay on biases and LayerNorm
+weights), transformers.get_linear_schedule_with_warmup with ceil(0.1 x steps) warm-up steps (what
+TrainingArguments(warmup_ratio=0.1) gives), clip_grad_norm_(1.0), and cross-entropy averaged over the
+GLOBAL batch in one forward pass. Houlsby adapters enter transformers' model through forward hooks on
+BertSelfOutput.dropout and BertOutput.dropout (before the residual add + LayerNorm). train.py runs through
+its own code path: `train.main([...])` in-process, torchrun for 2 ranks. Only the batch ORDER comes from
+data.train_batches (the order is the spec); tokenizing, padding and tensorizing are done here with
+transformers' fast tokenizers.
+"""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+import data
+import model
+import train
+from conftest import FILLER, KEYWORDS, ROOT, random_batch, tiny_hf_config, write_keyword_task
+from test_train import ENV, read_metrics, run_cli  # noqa: F401  (ENV: one thread per rank)
+
+LABELS = data.DATASETS["acl"].labels
+LR, BATCH, EPOCHS, MAX_LENGTH, SEED = 1e-3, 20, 1, 64, 1
+# 301 training examples in global batches of 20: 16 steps, the last one holding a single example.
+SIZES = (301, 16, 16)
+
+# fp32 throughout. We fuse Q/K/V into one matmul and use fused AdamW; the reference runs three matmuls and
+# the for-each AdamW, so sums are taken in another order and the trajectories drift apart by float round-off
+# only. Measured over the 16 steps here: at most 2e-6 on any weight (BERT and RoBERTa, full and adapters,
+# 1 process or 2 ranks). TOL leaves a 5x margin; every seeded bug in tests/README.md moves weights by 1e-4
+# or more, and the weights themselves move by 1e-2 (checked, so that agreement is not agreement at rest).
+TOL = 1e-6
+
+
+# ----------------------------------------------------------------------------- checkpoints and data
+
+
+def write_checkpoint(directory, kind: str, dropout: float = 0.0, seed: int = 0):
+    """A tiny random transformers classifier WITH its 6-label head (so that loading initialises nothing at
+    random), in the Hub layout, with tokenizer files. RoBERTa in roberta-base's real layout: LayerNorm eps
+    1e-5, 514 positions, one token type, pad id 1."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import BertForSequenceClassification, RobertaForSequenceClassification
+
+    directory.mkdir(parents=True, exist_ok=True)
+    words = KEYWORDS + FILLER
+    if kind == "bert":
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+        (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        vocab_size, extra = len(vocab), {}
+    else:  # a small byte-level BPE trained on the task's words: vocab.json + merges.txt, as roberta-base has
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.train_from_iterator([" ".join(words), " ".join(reversed(words))], trainers.BpeTrainer(
+            vocab_size=700, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        bpe.model.save(str(directory))
+        vocab_size = bpe.get_vocab_size()
+        extra = dict(layer_norm_eps=1e-5, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)
+    # initializer_range 0.1: gradient norms then straddle the clipping threshold (0.4 to 4), so clipping is
+    # active on some steps and not on others
+    config = tiny_hf_config(kind, vocab_size=vocab_size, num_labels=len(LABELS), initializer_range=0.1,
+                            hidden_dropout_prob=dropout,
+                            attention_probs_dropout_prob=dropout, **extra)
+    torch.manual_seed(seed)
+    cls = BertForSequenceClassification if kind == "bert" else RobertaForSequenceClassification
+    cls(config).save_pretrained(directory)
+    return directory
+
+
+def hf_tokenizer(ckpt):
+    """transformers' own tokenizer for the checkpoint (BertTokenizer from vocab.txt, RobertaTokenizer from
+    vocab.json + merges.txt)."""
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(ckpt)
+
+
+def read_train(data_dir):
+    rows = [json.loads(line) for line in open(data_dir / "acl" / "train.jsonl")]
+    return [r["text"] for r in rows], torch.tensor([LABELS.index(r["label"]) for r in rows])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parity")
+    return {"bert": write_checkpoint(root / "bert", "bert"), "roberta": write_checkpoint(root / "roberta", "roberta"),
+            "data": write_keyword_task(root / "data", sizes=SIZES)}
+
+
+def argv(setup, kind, out, *extra):
+    return ["--dataset", "acl", "--model", str(setup[kind]), "--data-dir", str(setup["data"]), "--out", str(out),
+            "--epochs", str(EPOCHS), "--lr", str(LR), "--batch-size", str(BATCH), "--max-length", str(MAX_LENGTH),
+            "--log-every", "1", "--device", "cpu", "--save", *extra]
+
+
+# ----------------------------------------------------------------------------- the reference
+
+
+class RefAdapter(nn.Module):
+    """Houlsby et al. 2019: x + up(gelu(down(x)))."""
+
+    def __init__(self, hidden: int, bottleneck: int):
+        super().__init__()
+        self.down, self.up = nn.Linear(hidden, bottleneck), nn.Linear(bottleneck, hidden)
+
+    def forward(self, x):
+        return x + self.up(F.gelu(self.down(x)))
+
+
+def add_reference_adapters(hf, init: dict[str, torch.Tensor]) -> dict[str, nn.Parameter]:
+    """Hook adapters in after each sub-layer's output dropout, freeze what Houlsby freezes, load `init`
+    (our names) into the adapters. Returns the trainable parameters under our names."""
+    base = hf.base_model
+    bottleneck = init["encoder.layer.0.output.adapter.down.weight"].shape[0]
+    hf.adapters = nn.ModuleDict()  # registered on the model so that .train() / .parameters() see them
+    for i, layer in enumerate(base.encoder.layer):
+        for where, sub in (("attention.output", layer.attention.output), ("output", layer.output)):
+            a = RefAdapter(hf.config.hidden_size, bottleneck)
+            name = f"encoder.layer.{i}.{where}.adapter"
+            with torch.no_grad():
+                for part in ("down", "up"):
+                    getattr(a, part).weight.copy_(init[f"{name}.{part}.weight"])
+                    getattr(a, part).bias.copy_(init[f"{name}.{part}.bias"])
+            hf.adapters[name.replace(".", "_")] = a
+            sub.dropout.register_forward_hook(lambda module, args, out, a=a: a(out))
+    hf.requires_grad_(False)
+    trained = [hf.adapters, hf.classifier, *[m for m in hf.modules() if isinstance(m, nn.LayerNorm)]]
+    if hf.config.model_type == "bert":
+        trained.append(base.pooler)  # the counterpart of RoBERTa's classifier.dense (see adapter.py)
+    for m in trained:
+        m.requires_grad_(True)
+    out = {}
+    for n, p in hf.named_parameters():
+        if p.requires_grad:
+            if n.startswith("adapters."):
+                n = n.removeprefix("adapters.").replace("_", ".")
+            out[n.removeprefix(base.base_model_prefix + ".")] = p
+    return out
+
+
+def reference_run(ckpt, kind, data_dir, adapter_init=None, epochs=EPOCHS, batch_size=BATCH):
+    """The reference loop. Returns (model, {our-or-hub name: trained parameter}, per-step records)."""
+    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+    hf = AutoModelForSequenceClassification.from_pretrained(ckpt, attn_implementation="sdpa").train()
+    trained = (add_reference_adapters(hf, adapter_init) if adapter_init is not None
+               else dict(hf.named_parameters()))
+    tok = hf_tokenizer(ckpt)
+    texts, labels = read_train(data_dir)
+    ids = tok(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+    lengths = np.array([len(x) for x in ids])
+    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n  # noqa: E731
+    opt = torch.optim.AdamW([{"params": [p for n, p in trained.items() if not no_decay(n)], "weight_decay": 0.01},
+                             {"params": [p for n, p in trained.items() if no_decay(n)], "weight_decay": 0.0}],
+                            lr=LR, betas=(0.9, 0.999), eps=1e-8)
+    total = epochs * math.ceil(len(texts) / batch_size)
+    schedule = get_linear_schedule_with_warmup(opt, math.ceil(0.1 * total), total)
+    key_bias = [n for n in trained if "attention.self.key.bias" in n]
+    records = []
+    for epoch in range(epochs):
+        for batch in data.train_batches(lengths, batch_size, SEED, epoch):
+            T = int(lengths[batch].max())
+            input_ids = torch.full((len(batch), T), hf.config.pad_token_id)
+            mask = torch.zeros(len(batch), T, dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, :lengths[i]] = torch.tensor(ids[i])
+                mask[row, :lengths[i]] = 1
+            logits = hf(input_ids=input_ids, attention_mask=mask).logits
+            loss = F.cross_entropy(logits, labels[batch])  # the mean over the global batch
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(list(trained.values()), 1.0)
+            records.append({"loss": loss.item(), "grad_norm": min(norm.item(), 1.0), "raw_norm": norm.item(),
+                            "key_bias_grad": max((trained[n].grad.abs().max().item() for n in key_bias), default=0),
+                            "grad_max": max(p.grad.abs().max().item() for p in trained.values())})
+            opt.step()
+            schedule.step()
+            opt.zero_grad()
+            records[-1]["lr"] = schedule.get_last_lr()[0]  # what train.py logs after step s: the next lr
+    return hf, trained, records
+
+
+# ----------------------------------------------------------------------------- what train.py did
+
+
+class Spy:
+    """Watches train.py's own Run without changing it: the weights right after it is built, and at every
+    optimizer step (a step pre-hook: after clipping and unscaling) the norm of the gradients about to be
+    applied and the largest attention key-bias gradient."""
+
+    def __init__(self, monkeypatch):
+        self.init, self.model, self.steps = None, None, []
+        build = train.Run.__init__
+
+        def spied(run, *args, **kwargs):
+            build(run, *args, **kwargs)
+            self.init = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+            self.model = run.model
+            names = {id(p): n for n, p in run.model.named_parameters()}
+            C = run.model.config.hidden_size
+
+            def hook(optimizer, args, kwargs):
+                grads = {names[id(p)]: p.grad for g in optimizer.param_groups for p in g["params"]
+                         if p.grad is not None}
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+                key_bias = [g[C:2 * C].abs().max().item() for n, g in grads.items() if n.endswith("qkv.bias")]
+                self.steps.append({"grad_norm": norm.item(), "key_bias_grad": max(key_bias, default=0.0),
+                                   "grad_max": max(g.abs().max().item() for g in grads.values())})
+
+            run.optimizer.register_step_pre_hook(hook)
+
+        monkeypatch.setattr(train.Run, "__init__", spied)
+
+
+def run_dir(out, setup, kind, adapter=False):
+    return out / "acl" / (setup[kind].name + ("-adapter" if adapter else "")) / f"seed{SEED}"
+
+
+KEY_BIAS = "attention.self.key.bias"
+
+
+def check_steps(metrics, ref, spied=None):
+    """Per step: the logged loss and lr, and (in-process) the applied gradient's norm, against the reference."""
+    logged = [r for r in metrics if r["split"] == "train"]
+    assert [r["step"] for r in logged] == list(range(1, len(ref) + 1))
+    for s, (got, want) in enumerate(zip(logged, ref), 1):
+        # lr: train.py logs the lr after step s, i.e. the one step s + 1 will use; exact formula, exact floats
+        assert got["lr"] == pytest.approx(want["lr"], rel=1e-12, abs=1e-15), f"lr after step {s}"
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), f"loss of step {s}"
+    assert ref[-1]["lr"] == 0.0 and max(r["lr"] for r in ref) == pytest.approx(LR)  # the schedule is exercised
+    if spied is None:
+        return
+    assert len(spied) == len(ref), "one optimizer step per global batch"
+    for s, (got, want) in enumerate(zip(spied, ref), 1):
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4), f"clipped gradient norm, step {s}"
+        # The key bias adds q.b_k to every score of a query; softmax ignores a shift, so its true gradient is 0
+        # and what autograd returns is round-off, in both implementations. Adam divides by sqrt(v), turning that
+        # noise into full-size steps of either sign, so its value is not compared (check_weights) but its
+        # gradient is: it must be noise-sized here and in the reference.
+        for r in (got, want):
+            assert r["key_bias_grad"] < 1e-6 * r["grad_max"], f"key-bias gradient is not ~0 at step {s}"
+    assert any(r["grad_norm"] < 0.999 for r in ref) and any(r["grad_norm"] > 0.999 for r in ref), \
+        "pick settings where clipping is active on some steps and not on others"
+
+
+def check_weights(got: dict, want: dict, init: dict):
+    """Every trained tensor against the reference, except the key bias (see check_steps)."""
+    assert got.keys() == want.keys()
+    moved = worst = 0.0
+    for k in got:
+        if KEY_BIAS in k:
+            continue
+        torch.testing.assert_close(got[k], want[k].detach(), atol=TOL, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+        moved = max(moved, (want[k].detach() - init[k]).abs().max().item())
+        worst = max(worst, (got[k] - want[k].detach()).abs().max().item())
+    print(f"PARITY worst {worst:.2e} moved {moved:.2e}")
+    assert moved > 100 * TOL, "the weights hardly moved: agreeing would prove nothing"
+
+
+# ----------------------------------------------------------------------------- trajectory parity
+
+
+@pytest.mark.parametrize("kind,adapter,micro", [
+    ("bert", False, 20), ("roberta", False, 5), ("bert", True, 5), ("roberta", True, 20)],
+    ids=["bert-full", "roberta-full-accumulation", "bert-adapter-accumulation", "roberta-adapter"])
+def test_trajectory_equals_reference(setup, tmp_path, monkeypatch, kind, adapter, micro):
+    """16 optimizer steps of train.main against the reference loop, every trained tensor compared.
+    Micro-batch 5 of a global batch of 20 is 4 accumulation steps (the last batch: 1 example, 1 micro-step)."""
+    spy = Spy(monkeypatch)
+    train.main(argv(setup, kind, tmp_path, "--micro-batch-size", str(micro),
+                    *(["--adapter", "--bottleneck", "8"] if adapter else [])))
+    out = run_dir(tmp_path, setup, kind, adapter)
+    init = {n: t for n, t in spy.init.items() if ".adapter." in n} if adapter else None
+    hf, trained, ref = reference_run(setup[kind], kind, setup["data"], adapter_init=init)
+    check_steps(read_metrics(out / "metrics.jsonl"), ref, spy.steps)
+    if not adapter:
+        check_weights(load_file(out / "model" / "model.safetensors"), hf.state_dict(),
+                      load_file(setup[kind] / "model.safetensors"))
+        return
+    check_weights(load_file(out / "model" / "adapter.safetensors"), trained, spy.init)
+    final = dict(spy.model.named_parameters())
+    frozen = [n for n in final if n not in trained]
+    assert frozen and all(not final[n].requires_grad for n in frozen)
+    for n in frozen:  # bit for bit where they started (which is the checkpoint: the logits tests prove that)
+        assert torch.equal(final[n], spy.init[n]), f"frozen {n} moved"
+
+
+def test_two_ranks_equal_reference(setup, tmp_path):
+    """torchrun, 2 ranks (gloo) x micro-batch 5 x 2 accumulation steps, RoBERTa in roberta-base's layout.
+    The last global batch holds one example, so rank 1 runs an empty micro-batch there."""
+    done = run_cli(argv(setup, "roberta", tmp_path, "--micro-batch-size", "5"), torchrun=2)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    out = run_dir(tmp_path, setup, "roberta")
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    hf, _, ref = reference_run(setup["roberta"], "roberta", setup["data"])
+    check_steps(read_metrics(out / "metrics.jsonl"), ref)
+    check_weights(load_file(out / "model" / "model.safetensors"), hf.state_dict(),
+                  load_file(setup["roberta"] / "model.safetensors"))
