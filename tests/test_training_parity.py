@@ -31,9 +31,11 @@ from test_train import read_metrics, run_cli  # run_cli: torchrun with one threa
 
 LABELS = data.DATASETS["acl"].labels
 LR, BATCH, EPOCHS, MAX_LENGTH, SEED = 1e-3, 20, 2, 64, 1
-# 301 training examples in global batches of 20: 16 steps per epoch, the last one holding a single example;
-# two epochs, so that the second epoch's order and the schedule across the epoch boundary count too.
-SIZES = (301, 16, 16)
+# 311 training examples in global batches of 20: 16 steps per epoch, the last one short (11 examples). With
+# micro-batch 5 it is cut into 5 + 5 + 1 on one process, and into 5 + 1 and 5 + 0 (an empty micro-batch) on
+# two ranks: a loss averaged per micro-batch or per rank instead of over the global batch shows there.
+# Two epochs, so that the second epoch's order and the schedule across the epoch boundary count too.
+SIZES = (311, 16, 16)
 
 # fp32 throughout. We fuse Q/K/V into one matmul and use fused AdamW; the reference runs three matmuls and
 # the for-each AdamW, so sums are taken in another order and the trajectories drift apart by float round-off
@@ -282,7 +284,7 @@ def check_weights(got: dict, want: dict, init: dict):
     ids=["bert-full", "roberta-full-accumulation", "bert-adapter-accumulation", "roberta-adapter"])
 def test_trajectory_equals_reference(setup, tmp_path, monkeypatch, kind, adapter, micro):
     """32 optimizer steps of train.main against the reference loop, every trained tensor compared.
-    Micro-batch 5 of a global batch of 20 is 4 accumulation steps (the last batch: 1 example, 1 micro-step)."""
+    Micro-batch 5 of a global batch of 20 is 4 accumulation steps (the short last batch: 3 unequal ones)."""
     spy = Spy(monkeypatch)
     train.main(argv(setup, kind, tmp_path, "--micro-batch-size", str(micro),
                     *(["--adapter", "--bottleneck", "8"] if adapter else [])))
@@ -304,7 +306,7 @@ def test_trajectory_equals_reference(setup, tmp_path, monkeypatch, kind, adapter
 
 def test_two_ranks_equal_reference(setup, tmp_path):
     """torchrun, 2 ranks (gloo) x micro-batch 5 x 2 accumulation steps, RoBERTa in roberta-base's layout.
-    The last global batch holds one example, so rank 1 runs an empty micro-batch there."""
+    The short last batch (11 examples) gives rank 0 micro-batches of 5 and 1, rank 1 of 5 and 0."""
     done = run_cli(argv(setup, "roberta", tmp_path, "--micro-batch-size", "5"), torchrun=2)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
     out = run_dir(tmp_path, setup, "roberta")
@@ -379,9 +381,9 @@ class MatmulDtypes(TorchDispatchMode):
 def test_bf16_matmuls_run_in_bf16_and_stay_near_fp32(setup, tmp_path, monkeypatch):
     """--precision bf16 on CPU: during a real train.Run.train_step every matmul (the Linear layers' addmm
     forward, their mm backward, SDPA both ways) takes bf16 inputs, while fp32 takes fp32 ones. After the 32
-    steps, bf16's weights stay within 6% of fp32's movement away from the start (per tensor, L2): measured
-    2.1% (BERT; 1.7% RoBERTa), so 3x margin for other CPUs' bf16 kernels. bf16 keeps 8 mantissa bits (0.4%
-    per rounding), and 32 Adam steps of a randomly initialised model let that grow only so far."""
+    steps, bf16's weights stay within 8% of fp32's movement away from the start (per tensor, L2 norms):
+    measured 2.7% at most (the position embeddings), so 3x margin for other CPUs' bf16 kernels. bf16 keeps 8
+    mantissa bits (0.4% per rounding); Adam's normalised steps keep that from compounding over 32 steps."""
     dtypes = {}
     step = train.Run.train_step
 
@@ -405,15 +407,15 @@ def test_bf16_matmuls_run_in_bf16_and_stay_near_fp32(setup, tmp_path, monkeypatc
     init = load_file(setup["bert"] / "model.safetensors")
     rel = {k: ((weights["bf16"][k] - weights["fp32"][k]).norm() / (weights["fp32"][k] - init[k]).norm()).item()
            for k in init if KEY_BIAS not in k}
-    assert max(rel.values()) < 0.06, max(rel.items(), key=lambda kv: kv[1])
+    assert max(rel.values()) < 0.08, max(rel.items(), key=lambda kv: kv[1])
     assert max(rel.values()) > 1e-3, "bf16 ended where fp32 did: it did not run in bf16"
 
 
 def test_fp16_grad_scaler_is_saved_and_restored(setup, tmp_path, monkeypatch):
     """--precision fp16 (autocast + GradScaler), three epochs, 48 steps. The scaler grows its scale every 4
     good steps here (growth_interval=4 instead of 2000, so that in 48 steps it grows until the scaled fp16
-    gradients overflow, skips those steps and backs off: a scale and growth tracker that are not the fresh
-    65536 / 0). A run stopped at step 40 resumes from its step-36 checkpoint: the scaler must come back with
+    gradients overflow, skips those steps and backs off: measured 6 skipped steps, and at the step-36
+    checkpoint scale 262144 with growth tracker 2, not the fresh 65536 / 0). A run stopped at step 40 resumes from its step-36 checkpoint: the scaler must come back with
     the checkpoint's state, and the resumed run must end with the uninterrupted run's scaler state and weights.
     Every applied gradient was clipped AFTER unscaling: its norm is min(true norm, 1), not ~1/scale."""
     monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, growth_interval=4))
