@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import adapter
 import data
 import model
 import train
@@ -320,19 +321,29 @@ def test_two_ranks_equal_reference(setup, tmp_path):
 # ----------------------------------------------------------------------------- train mode, dropout on
 
 
+@pytest.mark.parametrize("adapters", [False, True], ids=["plain", "adapters"])
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
-def test_train_mode_dropout_equals_transformers(tmp_path, kind):
+def test_train_mode_dropout_equals_transformers(tmp_path, kind, adapters):
     """Dropout on everywhere (p = 0.1: embeddings, attention probabilities, both sub-layer outputs, the head).
     With the same torch seed our train-mode forward draws the same random numbers, in the same order and the
     same shapes, as transformers' (SDPA draws the attention mask inside the same kernel in both), so the
     logits are equal to the last bit (measured: 0.0) and the gradients up to the fused Q/K/V summation order
     (measured: 3e-7). Any dropout site missing, added, moved or swapped with another puts other masks in other
     places: the logits then differ by 0.1 or more. BERT with a sentence pair and padding; RoBERTa's head is
-    dropout, dense, tanh, dropout, out_proj."""
+    dropout, dense, tanh, dropout, out_proj. With adapters (weights drawn large here, so that where they sit
+    shows), the reference's hooks put them after each output dropout, before the residual add."""
     from transformers import AutoModelForSequenceClassification
     ckpt = write_checkpoint(tmp_path, kind, dropout=0.1)
     hf = AutoModelForSequenceClassification.from_pretrained(ckpt, attn_implementation="sdpa").train()
     ours = model.from_pretrained(ckpt).train()
+    trained = None
+    if adapters:
+        adapter.add_adapters(ours, bottleneck=8, verbose=False)
+        torch.manual_seed(2)
+        for n, p in ours.named_parameters():
+            if ".adapter." in n:
+                nn.init.normal_(p, std=0.3)
+        trained = add_reference_adapters(hf, {n: p.detach() for n, p in ours.named_parameters()})
     ids, mask, types = random_batch(hf.config.vocab_size, hf.config.pad_token_id, [12, 5, 9, 12], seed=3,
                                     pair_at=4 if kind == "bert" else None)
     labels = torch.tensor([0, 3, 5, 1])
@@ -349,12 +360,15 @@ def test_train_mode_dropout_equals_transformers(tmp_path, kind):
         ours.train()
         F.cross_entropy(got, labels).backward()
         F.cross_entropy(want, labels).backward()
-        grads = model.ours_to_hub({n: p.grad for n, p in ours.named_parameters() if p.grad is not None},
-                                  ours.config)
-        hf_grads = {n: p.grad for n, p in hf.named_parameters() if p.grad is not None}
-        assert grads.keys() == hf_grads.keys()
-        for k in grads:
-            torch.testing.assert_close(grads[k], hf_grads[k], atol=2e-6, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+        grads = {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}
+        if trained is None:
+            grads = model.ours_to_hub(grads, ours.config)
+            want_grads = {n: p.grad for n, p in hf.named_parameters() if p.grad is not None}
+        else:
+            want_grads = {n: p.grad for n, p in trained.items()}
+        assert grads.keys() == want_grads.keys()
+        for k, g in grads.items():
+            torch.testing.assert_close(g, want_grads[k], atol=2e-6, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
         ours.zero_grad()
         hf.zero_grad()
 
