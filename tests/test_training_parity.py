@@ -376,25 +376,31 @@ def test_train_mode_dropout_equals_transformers(tmp_path, kind, adapters):
 # ----------------------------------------------------------------------------- mixed precision
 
 
-class MatmulDtypes(TorchDispatchMode):
-    """Records the floating dtypes of every matmul-like aten op that runs (forward and backward)."""
+class OpDtypes(TorchDispatchMode):
+    """Records the floating input dtypes of every matmul-like aten op (forward and backward) and of the loss's
+    log-softmax and NLL."""
 
-    OPS = ("mm", "addmm", "bmm", "baddbmm", "linear", "matmul", "scaled_dot_product")
+    MATMULS = ("mm", "addmm", "bmm", "baddbmm", "linear", "matmul")
+    LOSS = ("_log_softmax", "nll_loss_forward")
 
     def __init__(self):
         super().__init__()
-        self.seen = []
+        self.matmuls, self.loss = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if name in self.OPS[:-1] or self.OPS[-1] in name:
-            self.seen.append((name, [a.dtype for a in args[:2] if isinstance(a, torch.Tensor)]))
+        dtypes = [a.dtype for a in args[:2] if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        if name in self.MATMULS or "scaled_dot_product" in name:
+            self.matmuls.append((name, dtypes))
+        elif name in self.LOSS:
+            self.loss.append((name, dtypes))
         return func(*args, **(kwargs or {}))
 
 
 def test_bf16_matmuls_run_in_bf16_and_stay_near_fp32(setup, tmp_path, monkeypatch):
     """--precision bf16 on CPU: during a real train.Run.train_step every matmul (the Linear layers' addmm
-    forward, their mm backward, SDPA both ways) takes bf16 inputs, while fp32 takes fp32 ones. After the 32
+    forward, their mm backward, SDPA both ways) takes bf16 inputs, while fp32 takes fp32 ones; the loss's
+    log-softmax and NLL take fp32 in both. After the 32
     steps, bf16's weights stay within 8% of fp32's movement away from the start (per tensor, L2 norms):
     measured 2.7% at most (the position embeddings), so 3x margin for other CPUs' bf16 kernels. bf16 keeps 8
     mantissa bits (0.4% per rounding); Adam's normalised steps keep that from compounding over 32 steps."""
@@ -404,9 +410,9 @@ def test_bf16_matmuls_run_in_bf16_and_stay_near_fp32(setup, tmp_path, monkeypatc
     def recorded_first_step(run, batch):
         if run.step > 0:
             return step(run, batch)
-        with MatmulDtypes() as mode:
+        with OpDtypes() as mode:
             step(run, batch)
-        dtypes[run.cfg.precision] = mode.seen
+        dtypes[run.cfg.precision] = mode
 
     monkeypatch.setattr(train.Run, "train_step", recorded_first_step)
     weights = {}
@@ -414,10 +420,13 @@ def test_bf16_matmuls_run_in_bf16_and_stay_near_fp32(setup, tmp_path, monkeypatc
         train.main(argv(setup, "bert", tmp_path / precision, "--precision", precision))
         weights[precision] = load_file(run_dir(tmp_path / precision, setup, "bert") / "model" / "model.safetensors")
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        ops = {name for name, _ in dtypes[precision]}
+        ops = {name for name, _ in dtypes[precision].matmuls}
         assert {"addmm", "mm"} <= ops and any("scaled_dot_product" in n for n in ops), ops
-        wrong = [(n, d) for n, d in dtypes[precision] if any(x != dtype for x in d)]
+        wrong = [(n, d) for n, d in dtypes[precision].matmuls if any(x != dtype for x in d)]
         assert not wrong, f"--precision {precision}: matmuls not in {dtype}: {wrong[:3]}"
+        # the loss is taken in fp32 from fp32 logits whatever the precision (bf16 would round the log-probs)
+        loss = dtypes[precision].loss
+        assert {n for n, _ in loss} == set(OpDtypes.LOSS) and all(x == torch.float32 for _, d in loss for x in d), loss
     init = load_file(setup["bert"] / "model.safetensors")
     rel = {k: ((weights["bf16"][k] - weights["fp32"][k]).norm() / (weights["fp32"][k] - init[k]).norm()).item()
            for k in init if KEY_BIAS not in k}
