@@ -8,9 +8,10 @@ Each side is one value per seed (a metric of the last epoch, say). Nothing assum
 normal except the seeds-needed estimate:
 
 - `permutation_test`: two-sided permutation test on the difference of means (Fisher 1935; Good,
-  "Permutation, Parametric and Bootstrap Tests of Hypotheses", 2005, ch. 3). Exact over all
+  "Permutation, Parametric and Bootstrap Tests of Hypotheses", 2005, ch. 3), two-sided as twice
+  the smaller one-sided p, scipy.stats.permutation_test's definition. Exact over all
   C(n_a + n_b, n_a) relabelings of the pooled seeds when there are at most 100,000, else a seeded
-  Monte Carlo estimate with the observed labeling counted once (Phipson & Smyth 2010).
+  Monte Carlo estimate with the observed labeling counted once in each tail (Phipson & Smyth 2010).
 - `bootstrap_ci`: percentile bootstrap interval of the difference of means, resampling seeds with
   replacement within each group (Efron & Tibshirani 1993, ch. 13).
 - `cohens_d`: the difference over the pooled sample standard deviation (Cohen 1988, eq. 2.3.2).
@@ -49,18 +50,21 @@ def permutation_test(a, b, *, max_exact: int = MAX_EXACT, n_resamples: int = N_P
                      seed: int = SEED) -> dict:
     """Two-sided permutation p-value of mean(a) - mean(b) under "the labels A/B do not matter".
 
-    p = #{relabelings with |diff*| >= |diff|} / #relabelings, where a relabeling splits the pooled
-    n_a + n_b values into n_a for A and the rest for B (the observed split is one of them). Two
-    differences tie when they are within 1e-9 x the largest |value| of each other: the same values
-    summed in another order differ by ~1e-16 of that, so ties that are exact on paper count as ties.
+    A relabeling splits the pooled n_a + n_b values into n_a for A and the rest for B (the observed
+    split is one of them); diff* is its difference of means. With the one-sided shares
+    p_less = #{diff* <= diff} / #relabelings and p_greater = #{diff* >= diff} / #relabelings,
+    p = min(1, 2 * min(p_less, p_greater)). This is the two-sided p of
+    scipy.stats.permutation_test(..., permutation_type="independent", alternative="two-sided"), so
+    a user can check ours against it; with unequal group sizes the null distribution is not
+    symmetric and it differs from counting |diff*| >= |diff| (2 and 3 seeds, fully separated:
+    0.2 here and in scipy, 0.1 by |diff|). Two differences tie when they are within 1e-9 x the
+    largest |value| of each other, in both tails: the same values summed in another order differ
+    by ~1e-16 of that, so ties that are exact on paper count as ties. On rounded values (metrics
+    are k / n, or 4 digits in a CSV) scipy's tolerance (100 eps x |observed|) can miss such ties;
+    on values without exact ties the two agree.
     Exact (all C(n_a + n_b, n_a) splits) when that is <= `max_exact`; else `n_resamples` random
-    splits from numpy's default_rng(`seed`) and p = (1 + count) / (1 + n_resamples), which is never 0.
-
-    With n_a == n_b this equals scipy.stats.permutation_test(..., permutation_type="independent",
-    alternative="two-sided"). With unequal sizes the null distribution is not symmetric and scipy's
-    two-sided p (twice the smaller one-sided p) can differ; ours is scipy's test of |diff| with
-    alternative="greater". On rounded values (metrics are k / n, or 4 digits in a CSV) scipy's
-    tolerance (100 eps x |observed|) can miss ties that are exact on paper; this one counts them.
+    splits from numpy's default_rng(`seed`) and, as in scipy, each one-sided share is
+    (1 + count) / (1 + n_resamples) before the doubling, so p is never 0.
 
     Returns {"p_value", "method": "exact" | "monte-carlo", "n_permutations", "seed" (None if exact)}.
     """
@@ -78,15 +82,17 @@ def permutation_test(a, b, *, max_exact: int = MAX_EXACT, n_resamples: int = N_P
     sum_a = pooled[to_a].sum(axis=1)
     diffs = sum_a / n_a - (pooled.sum() - sum_a) / (n - n_a)  # (relabelings,)
     tol = TIE_RTOL * np.abs(pooled).max()
-    count = int(np.count_nonzero(np.abs(diffs) >= abs(observed) - tol))
-    p = (count + count_observed) / (len(diffs) + count_observed)
+    at_most = np.count_nonzero(diffs <= observed + tol) + count_observed
+    at_least = np.count_nonzero(diffs >= observed - tol) + count_observed
+    p = 2 * min(at_most, at_least) / (len(diffs) + count_observed)
     return {"p_value": float(min(p, 1.0)), "method": method, "n_permutations": len(diffs), "seed": used_seed}
 
 
 def min_p_value(n_a: int, n_b: int) -> float:
-    """The smallest p the exact test can give: 2 / C(n, n_a) for equal groups (the observed split
-    and its mirror), 1 / C(n, n_a) otherwise. 5 and 5 seeds: 2/252 = 0.0079; 3 and 3: 0.1."""
-    return (2 if n_a == n_b else 1) / math.comb(n_a + n_b, n_a)
+    """The smallest p the exact test can give: 2 / C(n_a + n_b, n_a), twice the one-sided share of
+    the observed split alone (groups fully separated). 5 and 5 seeds: 2/252 = 0.0079; 3 and 3:
+    0.1; 2 and 3: 0.2."""
+    return 2 / math.comb(n_a + n_b, n_a)
 
 
 def bootstrap_ci(a, b, *, confidence: float = 0.95, n_resamples: int = N_BOOTSTRAP,

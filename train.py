@@ -6,7 +6,9 @@ The same file runs on one CPU, one GPU, or many GPUs under torchrun:
     torchrun --nproc_per_node=8 train.py --dataset agnews
 
 --batch-size is the GLOBAL batch (ranks x micro-batch x accumulation steps), so the same command
-gives the same optimisation on 1 GPU or 8. Each seed writes runs/<dataset>/<model>[-adapter]/seed<k>/
+runs the same optimisation on 1 GPU or 8 (data order, global batches, update rule): with dropout off
+the weights agree up to float summation order; with dropout on they do not, as dropout masks are
+drawn per micro-batch and so depend on how the batch is split. Each seed writes runs/<dataset>/<model>[-adapter]/seed<k>/
 (config.json, metrics.jsonl, result.json); a seed whose result.json exists is skipped, and
 --resume continues an interrupted seed from its last checkpoint. This is the only file that
 touches torch.distributed. The loop follows karpathy/nanoGPT's train.py.

@@ -213,15 +213,19 @@ def test_sigterm_to_one_rank_stops_both_at_one_step(task, ref, tmp_path):
     assert_close_numbers(tmp_path, ref["one_nodrop"], "enc")
 
 
-def test_elastic_restart_resumes_by_itself(task, ref, tmp_path):
-    """torchrun --max-restarts=1, no --resume; rank 0 (the run folder's lock holder) dies by SIGKILL mid-epoch:
-    the restarted ranks take the lock at once, resume from the checkpoint and end on the uninterrupted numbers."""
-    proc = start(args(task, tmp_path, "--checkpoint-every", "2", model="enc_dropout"), 2, "--max-restarts=1")
+@pytest.mark.parametrize("resume_flag,killed_rank", [(False, 0), (True, 1)], ids=["no-resume-flag", "with-resume"])
+def test_elastic_restart_resumes_by_itself(task, ref, tmp_path, resume_flag, killed_rank):
+    """torchrun --max-restarts=1; one rank dies by SIGKILL mid-epoch (rank 0 is the run folder's lock holder):
+    the restarted ranks take the lock at once, resume from the checkpoint and end on the uninterrupted numbers,
+    whether the command line had --resume (as experiments/report.sh passes it) or not."""
+    extra = ["--resume"] if resume_flag else []
+    proc = start(args(task, tmp_path, "--checkpoint-every", "2", *extra, model="enc_dropout"), 2, "--max-restarts=1")
     wait_for_step(proc, 3)  # the step-2 checkpoint is written
-    os.kill(worker_pid(proc.pid, rank=0), signal.SIGKILL)
+    os.kill(worker_pid(proc.pid, rank=killed_rank), signal.SIGKILL)
     done = finish(proc)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "torchrun restarted the workers (restart 1): continuing from the last checkpoints" in done.stdout
+    said = "torchrun restarted the workers (restart 1): continuing from the last checkpoints" in done.stdout
+    assert said != resume_flag  # the one line appears only where train.py turned --resume on by itself
     resumed_at = re.search(r"resumed .* at step (\d+) ", done.stdout)
     assert resumed_at and int(resumed_at[1]) >= 2, done.stdout[-3000:]
     assert result(tmp_path, "enc_dropout")["test"] == result(ref["two"], "enc_dropout")["test"]

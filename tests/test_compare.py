@@ -31,10 +31,10 @@ def scipy_p(a, b, statistic=_mean_diff, alternative="two-sided"):
 def random_groups(seed, equal):
     rng = np.random.default_rng(seed)
     n_a = int(rng.integers(2, 11))
-    n_b = n_a if equal else int(rng.integers(2, 11))
-    while math.comb(n_a + n_b, n_a) > 5_000:  # quick for scipy's enumeration
-        n_a, n_b = (n_a - 1, n_b - 1) if equal else (n_a, n_b - 1)
-    shift = rng.choice([0.0, 0.01, 0.03])
+    n_b = n_a if equal else int(rng.choice([n for n in range(2, 11) if n != n_a]))
+    while math.comb(n_a + n_b, n_a) > 5_000 and min(n_a, n_b) > 2:  # quick for scipy's enumeration
+        n_a, n_b = n_a - 1, n_b - 1  # keeps the groups' size difference (the larger exact sizes: see below)
+    shift = rng.choice([-0.03, -0.01, 0.0, 0.01, 0.03])  # both tails: A below B as often as above
     return rng.normal(0.80 + shift, 0.02, n_a), rng.normal(0.80, 0.02, n_b)
 
 
@@ -49,12 +49,14 @@ def test_p_equals_scipy_two_sided_on_equal_groups(seed):
     assert got["p_value"] == scipy_p(a, b)
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_p_equals_scipy_abs_difference_on_any_groups(seed):
-    # two-sided as |diff*| >= |diff|: scipy's one-sided test of the statistic |mean_a - mean_b|
+@pytest.mark.parametrize("seed", range(16))
+def test_p_equals_scipy_two_sided_on_unequal_groups(seed):
+    # unequal sizes: the null distribution is not symmetric, so twice the smaller tail (scipy's two-sided)
+    # differs from the share of |diff*| >= |diff|; we follow scipy
     a, b = random_groups(100 + seed, equal=False)
-    abs_diff = lambda x, y, axis: np.abs(_mean_diff(x, y, axis))
-    assert stats.permutation_test(a, b)["p_value"] == scipy_p(a, b, abs_diff, "greater")
+    assert len(a) != len(b)
+    got = stats.permutation_test(a, b)
+    assert got["method"] == "exact" and got["p_value"] == scipy_p(a, b)
 
 
 def test_p_equals_scipy_at_the_largest_exact_sizes():
@@ -62,27 +64,21 @@ def test_p_equals_scipy_at_the_largest_exact_sizes():
     a, b = rng.normal(0.81, 0.02, 9), rng.normal(0.80, 0.02, 9)  # C(18, 9) = 48,620 relabelings
     assert stats.permutation_test(a, b)["p_value"] == scipy_p(a, b)
     a = np.append(a, 0.83)  # 10 and 9: C(19, 9) = 92,378, still exact
-    abs_diff = lambda x, y, axis: np.abs(_mean_diff(x, y, axis))
     assert stats.permutation_test(a, b)["method"] == "exact"
-    assert stats.permutation_test(a, b)["p_value"] == scipy_p(a, b, abs_diff, "greater")
+    assert stats.permutation_test(a, b)["p_value"] == scipy_p(a, b)
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_ties_on_rounded_metrics_are_counted(seed):
     # Metrics are on a grid (k / n examples, or 4 digits in a CSV), so relabelings tie on paper. The oracle
-    # works on integers (values x 10^4) with n_b * sum(A) - n_a * sum(B), which is exact, so its ties are true ties.
+    # works on integers (values x 10^4) with n_b * sum(A) - n_a * sum(B) = n_a n_b (mean A - mean B), which is
+    # exact, so its ties are true ties; a positive multiple of the statistic leaves both tails unchanged.
     rng = np.random.default_rng(200 + seed)
     n_a, n_b = int(rng.integers(2, 8)), int(rng.integers(2, 8))
-    ints_a, ints_b = rng.integers(7800, 7830, n_a), rng.integers(7790, 7820, n_b)
-    exact = lambda x, y, axis: np.abs(n_b * x.sum(axis=axis) - n_a * y.sum(axis=axis))
-    assert stats.permutation_test(ints_a / 1e4, ints_b / 1e4)["p_value"] == scipy_p(ints_a, ints_b, exact, "greater")
-
-
-def test_unequal_groups_are_not_scipys_doubled_tail():
-    # [10, 10] vs [0, 0, 0]: of the 10 splits only the observed one reaches |diff| = 10 (the mirror split does
-    # not exist with 2 and 3 seeds), so p = 1/10; scipy's two-sided doubles the smaller tail: 0.2
-    assert stats.permutation_test([10, 10], [0, 0, 0])["p_value"] == pytest.approx(0.1)
-    assert scipy_p(np.array([10.0, 10]), np.array([0.0, 0, 0])) == pytest.approx(0.2)
+    low_a, low_b = (7800, 7790) if seed % 2 else (7790, 7800)  # A above B, then below: ties in either tail
+    ints_a, ints_b = low_a + 10 * rng.integers(0, 4, n_a), low_b + 10 * rng.integers(0, 4, n_b)  # many ties
+    exact = lambda x, y, axis: n_b * x.sum(axis=axis) - n_a * y.sum(axis=axis)
+    assert stats.permutation_test(ints_a / 1e4, ints_b / 1e4)["p_value"] == scipy_p(ints_a, ints_b, exact)
 
 
 def test_known_cases():
@@ -99,7 +95,12 @@ def test_known_cases():
     assert r["verdict"] == "A better" and stats.compare(b, a)["verdict"] == "B better"
     assert stats.compare(a, b, alpha=2 / 252)["verdict"] == "A better"  # p <= alpha rejects
     assert stats.compare(a, b, alpha=0.005)["verdict"] == "not resolved"
-    assert stats.min_p_value(3, 3) == 0.1 and stats.min_p_value(2, 3) == 0.1
+    assert stats.min_p_value(3, 3) == 0.1
+    # 2 vs 3 fully separated: only the observed split of the 10 reaches diff = 10, so each tail's smallest
+    # share is 1/10 and p = 0.2, as in scipy (|diff*| >= |diff| would say 0.1: the mirror split does not exist)
+    a, b = [10.0, 10.0], [0.0, 0.0, 0.0]
+    assert stats.permutation_test(a, b)["p_value"] == stats.min_p_value(2, 3) == scipy_p(np.array(a), np.array(b))
+    assert stats.min_p_value(2, 3) == pytest.approx(0.2)
 
 
 def test_monte_carlo_beyond_100000_relabelings():
@@ -110,13 +111,33 @@ def test_monte_carlo_beyond_100000_relabelings():
     got = stats.permutation_test(a, b)
     assert got["method"] == "monte-carlo" and got["n_permutations"] == 100_000 and got["seed"] == 0
     assert got == stats.permutation_test(a, b)  # seeded
-    count = got["p_value"] * 100_001 - 1  # p = (1 + count) / (1 + resamples): the observed split counted once
-    assert abs(count - round(count)) < 1e-6
-    exact = stats.permutation_test(a, b, max_exact=10**6)["p_value"]  # all 184,756 (scipy: see the tests above)
-    assert abs(got["p_value"] - exact) < 5 * math.sqrt(exact * (1 - exact) / 100_000)
-    # 5 vs 5 forced to Monte Carlo: still near 2/252, never 0 (the observed split counts once)
+    count = got["p_value"] * 100_001 / 2 - 1  # p = 2 (1 + count) / (1 + resamples): the observed split in its tail
+    assert abs(count - round(count)) < 1e-6 and round(count) > 0
+    # 5 vs 5 fully separated, forced to Monte Carlo: still near 2/252, never 0 (the observed split counts once)
     mc = stats.permutation_test([5, 6, 7, 8, 9], [0, 1, 2, 3, 4], max_exact=10)["p_value"]
-    assert 0 < mc and abs(mc - 2 / 252) < 5 * math.sqrt((2 / 252) / 100_000)
+    assert 0 < mc and abs(mc - 2 / 252) < 5 * 2 * math.sqrt((1 / 252) / 100_000)
+
+
+def test_monte_carlo_p_counts_the_observed_split_as_scipy_does():
+    # Fully separated 10 vs 10 and 10 vs 9 with 999 random relabelings: (almost surely) none reaches the
+    # observed difference, so scipy's randomized two-sided p is 2 (0 + 1) / (999 + 1) = 0.002, whatever its rng.
+    a, b = np.linspace(0.90, 0.95, 10), np.linspace(0.80, 0.85, 10)
+    for x, y in ((a, b), (b, a), (a, b[:9]), (b[:9], a)):
+        want = scipy.stats.permutation_test((x, y), _mean_diff, vectorized=True, permutation_type="independent",
+                                            n_resamples=999, rng=np.random.default_rng(1)).pvalue
+        got = stats.permutation_test(x, y, max_exact=999, n_resamples=999)
+        assert got["method"] == "monte-carlo" and got["p_value"] == want == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize("sizes", [(7, 7), (8, 5)])
+def test_monte_carlo_agrees_with_scipys_exact_p(sizes):
+    # forced to Monte Carlo (3,432 and 1,287 relabelings exist): within 5 standard errors of scipy's exact p
+    rng = np.random.default_rng(500 + sizes[1])
+    a, b = rng.normal(0.81, 0.02, sizes[0]), rng.normal(0.80, 0.02, sizes[1])
+    exact = scipy_p(a, b)
+    got = stats.permutation_test(a, b, max_exact=1000)
+    assert got["method"] == "monte-carlo" and got["n_permutations"] == 100_000
+    assert 0.01 < exact < 0.9 and abs(got["p_value"] - exact) < 5 * 2 * math.sqrt(exact / 2 / 100_000)
 
 
 # ----------------------------------------------------------------------------- bootstrap, d, seeds needed
@@ -196,8 +217,7 @@ def test_compare_real_runs_through_the_cli(runs, capsys):
     assert (row["dataset"], row["metric"], row["a"], row["b"], row["n_a"], row["n_b"]) == \
         ("acl", "f1_macro", "fast", "slow", 3, 3)
     assert row["mean_a"] == pytest.approx(fast.mean(), abs=1e-15) and row["mean_b"] == pytest.approx(slow.mean())
-    exact = lambda x, y, axis: np.abs(_mean_diff(x, y, axis))
-    assert row["p_value"] == pytest.approx(scipy_p(fast, slow, exact, "greater"), abs=1e-12)
+    assert row["p_value"] == pytest.approx(scipy_p(fast, slow), abs=1e-12)
     assert row["method"] == "exact" and row["ci_low"] <= row["difference"] <= row["ci_high"]
     want = ("A better" if row["difference"] > 0 else "B better") if row["p_value"] <= 0.1 else "not resolved"
     assert row["verdict"] == want
