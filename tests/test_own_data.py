@@ -14,22 +14,13 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-import torch
 
 import data
 import eval as evaluation
 import train
 from conftest import ROOT, write_keyword_task, write_tiny_encoder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread runs them faster than two that wait for each other on busy cores, and the
-    comparisons here are between runs of the same process, so they stay exact."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 # ---------------------------------------------------------------------------- the real files, converted

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import data
 import train
@@ -18,15 +17,7 @@ from conftest import ROOT, write_keyword_task, write_tiny_encoder
 pytest.importorskip("tensorboard", reason="pip install tensorboard (requirements-dev.txt) for the reader")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread runs them faster than two that wait for each other on busy cores, and the
-    comparisons here are between runs of the same process, so they stay exact."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

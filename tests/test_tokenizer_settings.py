@@ -9,14 +9,13 @@ vocabulary from tokenizer.json, so tokenizer_config.json wins a disagreement on 
 BERT folder that does not say do_lower_case is lower-cased whatever tokenizer.json says.
 """
 
-import csv
 import json
 import shutil
-import xml.etree.ElementTree as ET
 
 import pytest
 
 import model
+from conftest import real_texts
 
 EXTRA = ["Hello World", "Héllo wörld, naïve CAFÉ", "中文 text 日本語 mixed", "UPPER lower MiXeD Case",
          "a [SEP] inside", "ACL-ARC: 12.5% of 2,000 citations", "ﬁne-tuning ＢＥＲＴ"]
@@ -24,13 +23,7 @@ EXTRA = ["Hello World", "Héllo wörld, naïve CAFÉ", "中文 text 日本語 mi
 
 @pytest.fixture(scope="module")
 def texts(shared_dir):
-    data = shared_dir / "data"
-    with open(data / "acl" / "train.jsonl") as f:
-        singles = [json.loads(line)["text"] for line in f][:60]
-    with open(data / "agnews" / "test.csv", newline="") as f:
-        singles += [f"{title} {desc}" for _, title, desc in list(csv.reader(f))[:30]]
-    root = ET.parse(data / "restaurant" / "Restaurants_Test_Gold.xml").getroot()
-    pairs = [(t.get("term"), s.findtext("text")) for s in root.iter("sentence") for t in s.iter("aspectTerm")][:40]
+    singles, pairs = real_texts(shared_dir / "data", "train", 60, 30, "Restaurants_Test_Gold.xml", 40)
     return singles + EXTRA, pairs + [("Hello", "World"), ("CAFÉ", "中文")]
 
 

@@ -96,13 +96,7 @@ def read_train(data_dir):
     return [r["text"] for r in rows], torch.tensor([LABELS.index(r["label"]) for r in rows])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Matrices of 32 columns gain nothing from a second thread; on a loaded 2-core machine they lose 5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
