@@ -108,6 +108,24 @@ def real_texts(data_dir: Path, acl_split: str, n_acl: int, n_agnews: int, restau
     return singles, pairs[:n_pairs]
 
 
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache(cache: Path, kind: str, repo: str, files: dict) -> Path:
+    """`files` (name in the repo -> a path to copy, or bytes) as the Hub `kind` ("model" or "dataset") repo
+    `repo` in huggingface_hub's cache layout under `cache`, as a download would have left them; returns
+    the snapshot folder."""
+    root = cache / f"{kind}s--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(HUB_COMMIT)
+    snapshot = root / "snapshots" / HUB_COMMIT
+    for name, content in files.items():
+        target = snapshot / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
+    return snapshot
+
+
 def tiny_hf_config(kind: str, **overrides):
     """A tiny transformers config. initializer_range is large so that logits are far from zero
     and a parity test can tell a wrong model from a right one."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import data
+from conftest import hub_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,18 +281,6 @@ def test_empty_split(acl_copy):
 
 # ---------------------------------------------------------------------------- the Hub path, offline
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def fake_hub_cache(cache: Path, repo: str, files: dict) -> None:
-    """A Hugging Face cache in the Hub's layout, holding `files` (name in repo -> content path or bytes)."""
-    root = cache / f"datasets--{repo.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(COMMIT)
-    for name, content in files.items():
-        target = root / "snapshots" / COMMIT / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
 
 
 @pytest.fixture
@@ -302,15 +291,15 @@ def offline_cache(tmp_path, monkeypatch):
 
 
 def test_hub_cache_is_read_without_data_dir(data_dir, offline_cache):
-    fake_hub_cache(offline_cache, "zapsdcn/citation_intent",
+    hub_cache(offline_cache, "dataset", "zapsdcn/citation_intent",
                    {"citation_intent_train.jsonl": data_dir / "acl" / "train.jsonl"})
     xml = data_dir / "restaurant" / "Restaurants_Test_Gold.xml"
-    fake_hub_cache(offline_cache, "alexcadillon/SemEval2014Task4",
+    hub_cache(offline_cache, "dataset", "alexcadillon/SemEval2014Task4",
                    {"ABSA_Gold_TestData/Restaurants_Test_Gold.xml": xml})
     # SetFit/ag_news stores text = title + " " + description and labels 0-3, as the HF ag_news loader made them
     with open(data_dir / "agnews" / "test.csv", encoding="utf-8", newline="") as f:
         jsonl = "".join(json.dumps({"text": r[1] + " " + r[2], "label": int(r[0]) - 1}) + "\n" for r in csv.reader(f))
-    fake_hub_cache(offline_cache, "SetFit/ag_news", {"test.jsonl": jsonl.encode()})
+    hub_cache(offline_cache, "dataset", "SetFit/ag_news", {"test.jsonl": jsonl.encode()})
     for name, split in [("acl", "train"), ("restaurant", "test"), ("agnews", "train")]:
         assert data.load_split(name, split) == data.load_split(name, split, data_dir)
 

@@ -27,10 +27,9 @@ import eval as evaluation
 import memory
 import model
 import train
-from conftest import ROOT, write_keyword_task, write_tiny_encoder
+from conftest import ROOT, hub_cache, write_keyword_task, write_tiny_encoder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
@@ -110,17 +109,6 @@ def dead_hub(tmp_path):
     env.pop("HF_HUB_OFFLINE", None)
     yield endpoint, env
     endpoint.close()
-
-
-def hub_cache(cache: Path, kind: str, repo: str, files: dict) -> None:
-    """Files in the Hugging Face cache layout, as a download would have left them."""
-    root = cache / f"{kind}s--{repo.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(COMMIT)
-    for name, source in files.items():
-        target = root / "snapshots" / COMMIT / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
 
 
 def run_train(argv, env):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import model
-from conftest import ROOT, random_batch, tiny_hf_config, tiny_hf_model
+from conftest import ROOT, hub_cache, random_batch, tiny_hf_config, tiny_hf_model
 
 # ----------------------------------------------------------------------------- logits parity
 
@@ -239,18 +239,6 @@ def test_scibert_lowercases_without_config(shared_dir):
 # ----------------------------------------------------------------------------- the Hub path, offline
 
 
-def _hub_cache(root, repo, files):
-    folder = root / ("models--" + repo.replace("/", "--"))
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
-    snap = folder / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for name, src in files.items():
-        (snap / name).write_bytes(src.read_bytes())
-    return snap
-
-
 def _run_offline(cache, code):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -260,7 +248,7 @@ def test_hub_alias_from_offline_cache(tmp_path, shared_dir):
     hf = tiny_hf_model("roberta", vocab_size=50265)
     hf.save_pretrained(tmp_path / "src")
     tokdir = shared_dir / "tokenizers" / "roberta-base"
-    _hub_cache(tmp_path / "cache", "FacebookAI/roberta-base", {
+    hub_cache(tmp_path / "cache", "model", "FacebookAI/roberta-base", {
         "config.json": tmp_path / "src" / "config.json", "model.safetensors": tmp_path / "src" / "model.safetensors",
         "vocab.json": tokdir / "vocab.json", "merges.txt": tokdir / "merges.txt"})
     code = ("import model, torch; m = model.from_pretrained('roberta-base').eval();"

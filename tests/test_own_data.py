@@ -18,7 +18,7 @@ import pytest
 import data
 import eval as evaluation
 import train
-from conftest import ROOT, write_keyword_task, write_tiny_encoder
+from conftest import ROOT, hub_cache, write_keyword_task, write_tiny_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -167,23 +167,13 @@ def test_bom_crlf_and_quoted_newlines_are_read(tmp_path):
 
 # ---------------------------------------------------------------------------- a Hub dataset repo, offline
 
-COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
-
-
-def fake_hub_dataset(cache, repo, folder):
-    """The files of `folder` as the Hub dataset repo `repo` in huggingface_hub's cache layout."""
-    root = cache / f"datasets--{repo.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(COMMIT)
-    (root / "snapshots" / COMMIT).mkdir(parents=True)
-    for path in folder.iterdir():
-        (root / "snapshots" / COMMIT / path.name).write_bytes(path.read_bytes())
 
 
 def test_hub_dataset_from_the_cache_and_offline_error(converted, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    fake_hub_dataset(tmp_path / "hub", "someone/citations", converted["acl", "csv"])
+    folder = converted["acl", "csv"]
+    hub_cache(tmp_path / "hub", "dataset", "someone/citations", {p.name: p for p in folder.iterdir()})
     ds = data.open_dataset("hub:someone/citations", **flags("acl"))
     assert ds.name == "someone--citations"
     assert ds.examples == {s: data.load_split("acl", s, data_dir) for s in ("train", "dev", "test")}
