@@ -549,6 +549,40 @@ def open_dataset(dataset: str | None = None, *, data_dir: str | os.PathLike | No
     return Dataset(name, label_names, {s: e for s, e in examples.items() if splits is None or s in splits})
 
 
+def comma_list(text: str) -> list[str]:
+    """argparse type of --labels: "a, b,c" -> ["a", "b", "c"]."""
+    return [item.strip() for item in text.split(",")]
+
+
+# The dataset flags of train.py and eval.py evaluate, defined once: name -> (default, help, argparse keywords).
+# train.TrainConfig declares its fields from them and eval.py adds them to its parser, so both CLIs spell and
+# explain them alike. OWN_DATA: the ones that say which of your own files to read and how.
+OWN_DATA = ("train_file", "dev_file", "test_file", "test_fraction", "text_column", "text_pair_column", "label_column",
+            "labels", "dataset_name")
+FLAGS = {
+    "dataset": (None, (f"a registered dataset ({', '.join(DATASETS)}), a folder of your own train/test(/dev) "
+                       ".jsonl/.csv/.tsv files, or hub:owner/name"), {}),
+    "data_dir": (None, "local dataset folder in the layout of shared/data (default: the Hub)", {}),
+    "train_file": (None, "your own training file (.jsonl, .csv or .tsv), instead of --dataset", {}),
+    "dev_file": (None, "with --train-file: a dev file, evaluated every epoch like the test file", {}),
+    "test_file": (None, "with --train-file: the test file", {}),
+    "test_fraction": (None, ("without a test file: hold out this share of the training file "
+                             "(fixed seed 2022, as agnews' split)"), {"type": float}),
+    "text_column": ("text", "your files' text column", {}),
+    "text_pair_column": (None, ("your files' second text of a pair (default: text_pair, if the "
+                                "training file has it)"), {}),
+    "label_column": ("label", "your files' label column (names or integers)", {}),
+    "labels": (None, ("your labels in class-id order, comma-separated (default: "
+                      "the sorted set of the training labels, integers in numeric order)"), {"type": comma_list}),
+    "dataset_name": (None, "your dataset's name in the run folder (default: its folder's name)", {}),
+}
+
+
+def open_from_flags(args, splits: tuple[str, ...] | None = None) -> Dataset:
+    """open_dataset with the dataset flags of `args` (a train.TrainConfig, or eval.py evaluate's arguments)."""
+    return open_dataset(args.dataset, data_dir=args.data_dir, splits=splits, **{k: getattr(args, k) for k in OWN_DATA})
+
+
 # ---------------------------------------------------------------------------- tokenization
 
 @dataclass

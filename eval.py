@@ -8,7 +8,8 @@
 
 Every rank scores its own shard of the split (no padding duplicates, no gaps), then one
 reduction sums the confusion matrix, the loss and the count, so the numbers are the same
-whatever the world size. The reduction is a callback: only train.py touches torch.distributed.
+whatever the world size. The reduction is a callback (common.all_reduce_sum in both CLIs), so this
+file never touches torch.distributed itself.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import sys
@@ -32,6 +32,7 @@ from tqdm import tqdm
 import data
 import model
 import stats
+from common import MAX_LENGTH, PRECISIONS, all_reduce_sum, autocast, autocast_dtype, distributed, print0
 
 
 def confusion_matrix(preds, labels, num_classes: int) -> np.ndarray:
@@ -141,25 +142,23 @@ def check_labels(net: model.Classifier, labels: list[str], dataset: str, directo
 
 
 def evaluate_command(args) -> dict:
-    import train  # the only file that touches torch.distributed: evaluation reduces through its helper
-    with train.distributed(args.device) as d:
+    with distributed(args.device) as world:
         net, tok = load_checkpoint(args.checkpoint, args.base)
         if args.dataset in data.DATASETS:  # refuse a checkpoint for other labels before reading or downloading
             check_labels(net, data.DATASETS[args.dataset].labels, args.dataset, args.checkpoint)
-        dataset = train.open_dataset(args, splits=(args.split,))  # a registered dataset reads only this split
+        dataset = data.open_from_flags(args, splits=(args.split,))  # a registered dataset reads only this split
         check_labels(net, dataset.labels, dataset.name, args.checkpoint)  # your own data: labels from its files
         max_length = min(args.max_length, net.config.max_length)
         enc = data.encode(dataset.examples[args.split], tok, max_length)
-        dtype = train.autocast_dtype(args.precision, d.device)
-        autocast = (lambda: torch.autocast(d.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-        result = evaluate(net.to(d.device), enc, net.num_labels, pad_id=net.config.pad_token_id, device=d.device,
-                          batch_size=args.batch_size, max_length=max_length, autocast=autocast, rank=d.rank,
-                          world_size=d.world_size, reduce=train.all_reduce_sum)
-        train.print0(f"{args.checkpoint} on {dataset.name} {args.split} ({result['n']} examples): "
+        result = evaluate(net.to(world.device), enc, net.num_labels, pad_id=net.config.pad_token_id,
+                          device=world.device, batch_size=args.batch_size, max_length=max_length,
+                          autocast=autocast(autocast_dtype(args.precision, world.device), world.device),
+                          rank=world.rank, world_size=world.world_size, reduce=all_reduce_sum)
+        print0(f"{args.checkpoint} on {dataset.name} {args.split} ({result['n']} examples): "
                      f"accuracy {100 * result['accuracy']:.2f} | macro-F1 {100 * result['f1_macro']:.2f} | "
                      f"micro-F1 {100 * result['f1_micro']:.2f} | loss {result['loss']:.4f}")
         if args.json:
-            train.print0(json.dumps(result))
+            print0(json.dumps(result))
         return result
 
 
@@ -586,16 +585,14 @@ def main(argv: list[str] | None = None):
     p = sub.add_parser("evaluate", help="score a saved checkpoint on a dataset split (torchrun works too)")
     p.add_argument("--checkpoint", required=True, help="train.py --save's <run>/model (not the run folder "
                    "itself), a transformers checkpoint, or an adapter folder")
-    import train  # the dataset flags are TrainConfig's: both CLIs spell and explain them alike
-    for f in dataclasses.fields(train.TrainConfig):
-        if f.name in ("dataset", "data_dir", *train.OWN_DATA):
-            p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **f.metadata)
+    for name, (default, help_text, kwargs) in data.FLAGS.items():  # train.py's dataset flags, spelled alike
+        p.add_argument("--" + name.replace("_", "-"), default=default, help=help_text, **kwargs)
     p.add_argument("--split", default="test")
     p.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
                    "also where the tokenizer comes from")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--max-length", type=int, default=MAX_LENGTH)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     p = sub.add_parser("summarize", help="mean ± sample std over seeds, one row per model")

