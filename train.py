@@ -50,6 +50,7 @@ from common import (
     MAX_LENGTH,
     PRECISIONS,
     Dist,
+    UsageError,
     all_gather,
     all_reduce_max,
     all_reduce_sum,
@@ -164,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
     """Fill in the per-dataset defaults and reject settings that contradict each other."""
     if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
-        raise ValueError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
+        raise UsageError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
     kind = "adapter" if cfg.adapter else "full"
     epochs, lr = REPORT_DEFAULTS[kind][cfg.dataset] if cfg.dataset in data.DATASETS else OWN_DATA_DEFAULTS[kind]
     cfg = dataclasses.replace(
@@ -176,21 +177,21 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
     for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "eval_batch_size", "log_every",
                  *(["bottleneck"] if cfg.adapter else [])):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.warmup_ratio < 1 or cfg.max_grad_norm < 0:
-        raise ValueError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
+        raise UsageError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
     if cfg.checkpoint_every < 0 or cfg.checkpoint_minutes < 0:
-        raise ValueError("--checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
+        raise UsageError("--checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
     if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ValueError(f"--seeds has duplicates: {cfg.seeds}")
+        raise UsageError(f"--seeds has duplicates: {cfg.seeds}")
     if cfg.batch_size % (world_size * cfg.micro_batch_size):
-        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
+        raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
                          f"--micro-batch-size {cfg.micro_batch_size}; pick a global batch that is")
     if cfg.tensorboard:
         try:
             import torch.utils.tensorboard  # noqa: F401  (an optional extra: only this flag needs it)
         except ImportError:
-            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     return cfg
 
 
@@ -267,7 +268,7 @@ def run_lock(run_dir: Path, d: Dist):
     (host and pid written in it), and every rank learns rank 0's outcome, so none of them waits in a
     collective for a rank that stopped. The kernel drops the lock when the holder dies, even by SIGKILL, so
     a killed job never leaves the folder stuck; the file itself stays, and only the lock on it counts.
-    Raises ValueError (on every rank) when another process holds it."""
+    Raises UsageError (on every rank) when another process holds it."""
     lock, error = None, None
     if d.master:
         path = run_dir / "train.lock"
@@ -295,7 +296,7 @@ def run_lock(run_dir: Path, d: Dist):
                 raise
     error = all_gather(error)[0]
     if error:
-        raise ValueError(error)
+        raise UsageError(error)
     try:
         yield
     finally:
@@ -478,11 +479,11 @@ class Run:
         changed = [k for k in self.FIXED_ON_RESUME if saved[k] != getattr(self.cfg, k)]
         if changed:
             was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(self.cfg, k)})" for k in changed)
-            raise ValueError(f"{self.checkpoint_path} was written with {was}; resume with the same settings, "
+            raise UsageError(f"{self.checkpoint_path} was written with {was}; resume with the same settings, "
                              f"or delete {self.dir} to start over")
         missing = [n for n, p in self.model.named_parameters() if p.requires_grad and n not in state["model"]]
         if missing:
-            raise ValueError(f"{self.checkpoint_path} lacks {missing[0]}: it belongs to another model")
+            raise UsageError(f"{self.checkpoint_path} lacks {missing[0]}: it belongs to another model")
         self.model.load_state_dict(state["model"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -731,7 +732,7 @@ def prepare(cfg: TrainConfig):
     if problems:
         raise FileNotFoundError(" | ".join(problems))
     if cfg.max_length > mcfg.max_length:
-        raise ValueError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
+        raise UsageError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
                          f"({mcfg.max_length} positions); use --max-length {mcfg.max_length} or less")
     splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
     return splits, mcfg, tok, dataset.labels
@@ -767,7 +768,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                     "finished seeds have their result.json" if d.master else None)
             run_locks.enter_context(run_lock(run_dir, d))
             if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
-                raise ValueError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
+                raise UsageError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
                                  "it, or delete the folder to start over")
             run = Run(cfg, seed, splits, tok, d, run_dir, labels)
             if d.master:
@@ -788,13 +789,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return results
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """main() as a command, returning the exit code. The errors we raise for users (UsageError, a missing file,
+    a NaN loss, a checkpoint that cannot be written) are one line on stderr and exit code 2; any other error,
+    a ValueError of ours or torch's included, is a bug and keeps its traceback."""
     try:
-        main()
-    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointWriteError) as e:  # says what to do
+        main(argv)
+    except (UsageError, FileNotFoundError, FloatingPointError, CheckpointWriteError) as e:  # says what to do
         print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except Stopped as e:  # SIGINT, SIGTERM or SIGUSR1: see Stopped for the exit code
         if e.message:
-            print(f"train.py: {e.message}; to continue: {continue_command(None)}", file=sys.stderr)
-        sys.exit(e.exit_code)
+            print(f"train.py: {e.message}; to continue: {continue_command(argv)}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
