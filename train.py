@@ -5,13 +5,22 @@ The same file runs on one CPU, one GPU, or many GPUs under torchrun:
     python train.py --dataset restaurant --model roberta-base --seeds 1 2 3
     torchrun --nproc_per_node=8 train.py --dataset agnews
 
+One example's path, text to metrics, in the order this file runs it: data.load_split (or data.open_dataset,
+your own data) reads it -> data.encode tokenizes it once for all seeds -> each step, data.train_batches puts
+it in a global batch, data.shard_batch gives it to one rank's micro-batch and data.collate pads it into
+tensors -> model.Classifier's forward -> F.cross_entropy -> backward, clip, AdamW step (Run.train_step)
+-> at each epoch's end eval.evaluate scores the dev/test splits -> metrics.jsonl and result.json.
+
+The file reads in that order too: the config and its flags, main (setup, then one Run per seed), Run (its
+setup, the loop, a step, evaluation and logging, results, checkpoint I/O last), then the helpers.
+
 --batch-size is the GLOBAL batch (ranks x micro-batch x accumulation steps), so the same command
 runs the same optimisation on 1 GPU or 8 (data order, global batches, update rule): with dropout off
 the weights agree up to float summation order; with dropout on they do not, as dropout masks are
 drawn per micro-batch and so depend on how the batch is split. Each seed writes runs/<dataset>/<model>[-adapter]/seed<k>/
 (config.json, metrics.jsonl, result.json); a seed whose result.json exists is skipped, and
---resume continues an interrupted seed from its last checkpoint. This is the only file that
-touches torch.distributed. The loop follows karpathy/nanoGPT's train.py.
+--resume continues an interrupted seed from its last checkpoint. The loop is the only code that decides
+about processes and ranks (through common.py's helpers). The loop follows karpathy/nanoGPT's train.py.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -201,9 +211,9 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_args(argv)
     # the run folder's lock is held for one seed at a time (released after it, and on any error by the with)
-    with stop_on_signals(), distributed(cfg.device) as d, contextlib.ExitStack() as run_locks:
-        cfg = resolve(cfg, d.world_size)
-        if cfg.precision == "fp16" and d.device.type == "cpu":
+    with stop_on_signals(), distributed(cfg.device) as world, contextlib.ExitStack() as run_locks:
+        cfg = resolve(cfg, world.world_size)
+        if cfg.precision == "fp16" and world.device.type == "cpu":
             print0(FP16_ON_CPU)  # before anything slow: the user can stop and choose again
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         if restarts and not cfg.resume:
@@ -214,8 +224,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         splits, mcfg, tok, labels = prepare(cfg)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
         print0(f"{cfg.dataset_name} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
-               f"{d.world_size} x {d.device.type} | batch {cfg.batch_size} = {d.world_size} rank(s) x "
-               f"{cfg.micro_batch_size} x {cfg.batch_size // (d.world_size * cfg.micro_batch_size)} accumulation "
+               f"{world.world_size} x {world.device.type} | batch {cfg.batch_size} = {world.world_size} rank(s) x "
+               f"{cfg.micro_batch_size} x {cfg.batch_size // (world.world_size * cfg.micro_batch_size)} accumulation "
                f"| lr {cfg.lr:g} | {cfg.epochs} epochs")
         results = []
         for seed in cfg.seeds:
@@ -223,20 +233,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if (run_dir / "result.json").exists():
                 print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
                 continue
-            if stop := agreed_stop_signal(d)[0]:  # the signal came after the last step of the seed before
+            if stop := agreed_stop_signal(world)[0]:  # the signal came after the last step of the seed before
                 raise Stopped(stop, f"stopped by {signal.Signals(stop).name} before seed {seed} started; "
-                                    "finished seeds have their result.json" if d.master else None)
-            run_locks.enter_context(run_lock(run_dir, d))
+                                    "finished seeds have their result.json" if world.master else None)
+            run_locks.enter_context(run_lock(run_dir, world))
             if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
                 raise UsageError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
                                  "it, or delete the folder to start over")
-            run = Run(cfg, seed, splits, tok, d, run_dir, labels)
-            if d.master:
+            run = Run(cfg, seed, splits, tok, world, run_dir, labels)
+            if world.master:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 write_json(run_dir / "config.json", {
                     **dataclasses.asdict(cfg), "seed": seed, "labels": list(run.labels),
                     "split_sizes": {s: len(e) for s, e in splits.items()}, "steps_per_epoch": run.steps_per_epoch,
-                    "trainable_params": run.n_trainable, "total_params": run.n_params, **environment(d, run.dtype)})
+                    "trainable_params": run.n_trainable, "total_params": run.n_params, **environment(world, run.dtype)})
             barrier()  # the folder exists before any rank writes to it
             print0(f"seed {seed}: {run.n_trainable:,} of {run.n_params:,} parameters trainable -> {run_dir}")
             results.append(run.run())
@@ -339,51 +349,53 @@ class Run:
                        "random_batches", "train_file", "dev_file", "test_file", "test_fraction", "text_column",
                        "text_pair_column", "label_column", "labels")
 
-    def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, d: Dist,
+    def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, world: Dist,
                  run_dir: Path, labels: list[str]):
-        self.cfg, self.seed, self.splits, self.tokenizer, self.d, self.dir = cfg, seed, splits, tokenizer, d, run_dir
+        self.cfg, self.seed, self.splits, self.tokenizer, self.world = cfg, seed, splits, tokenizer, world
+        self.dir = run_dir
         self.labels = labels  # class names, index = class id
         self.tensorboard = None  # a SummaryWriter on rank 0 with --tensorboard, opened by run()
-        self.dtype = autocast_dtype(cfg.precision, d.device)
-        self.autocast = autocast(self.dtype, d.device)
+        self.dtype = autocast_dtype(cfg.precision, world.device)
+        self.autocast = autocast(self.dtype, world.device)
 
-        if d.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(d.device)  # result.json's peak memory is this seed's
+        if world.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(world.device)  # result.json's peak memory is this seed's
         torch.manual_seed(seed)  # the new head's init and dropout follow the seed; data order has its own RNG
         net = model.from_pretrained(cfg.model, num_labels=len(self.labels))
         if cfg.adapter:  # freeze before DDP and before the optimizer: neither keeps anything for frozen weights
             adapter.add_adapters(net, bottleneck=cfg.bottleneck, placement=cfg.adapter_placement,
-                                 freeze_layernorm=cfg.freeze_layernorm, verbose=d.master)
-        self.model = net.to(d.device)
+                                 freeze_layernorm=cfg.freeze_layernorm, verbose=world.master)
+        self.model = net.to(world.device)
         self.pad_id = net.config.pad_token_id
         self.trainable = [p for p in net.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in self.trainable)
         self.n_params = sum(p.numel() for p in net.parameters())
         if cfg.compile:
             net = torch.compile(net)
-        if d.world_size > 1:
-            net = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        if world.world_size > 1:
+            net = DDP(net, device_ids=[world.device.index] if world.device.type == "cuda" else None)
         self.net = net
 
         self.steps_per_epoch = math.ceil(len(splits["train"]) / cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps, d.device)
-        self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.dtype == torch.float16)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps, world.device)
+        self.scaler = torch.amp.GradScaler(world.device.type, enabled=self.dtype == torch.float16)
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
         self.skipped_steps = 0  # fp16 steps whose update the GradScaler skipped (inf/NaN gradients)
         self.saved_step, self.saved_at = None, time.monotonic()  # the last checkpoint: step, monotonic seconds
-        self.window = torch.zeros(2, dtype=torch.float64, device=d.device)  # train loss sum, examples since last log
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=d.device)  # first step with a NaN/inf loss
+        # since the last log line: the train loss sum and the examples it sums over
+        self.window = torch.zeros(2, dtype=torch.float64, device=world.device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=world.device)  # first step with a NaN/inf loss
 
     # --- the loop
 
     def run(self) -> dict:
-        cfg, d = self.cfg, self.d
+        cfg, world = self.cfg, self.world
         catch_stop_signals()
         if cfg.resume and self.checkpoint_path.exists():
             self.load_checkpoint()
             self.saved_step = self.step
-        elif d.master:
+        elif world.master:
             (self.dir / "metrics.jsonl").write_text("")
         self.open_tensorboard()
         self.t0 = time.perf_counter()
@@ -395,7 +407,7 @@ class Run:
             batches = data.train_batches(enc.lengths, cfg.batch_size, self.seed, epoch,
                                          group_by_length=not cfg.random_batches)
             bar = tqdm(total=len(batches), initial=self.batch_in_epoch, desc=f"seed {self.seed} epoch {epoch + 1}",
-                       disable=None if d.master else True, dynamic_ncols=True, leave=False)
+                       disable=None if world.master else True, dynamic_ncols=True, leave=False)
             t_log, n_log = time.perf_counter(), 0
             for i in range(self.batch_in_epoch, len(batches)):
                 self.model.train()
@@ -408,7 +420,7 @@ class Run:
                     t_log, n_log = time.perf_counter(), 0
                 # Every rank must take the same branch here (a checkpoint gathers every rank's RNG), so the
                 # stop signal and rank 0's clock go through one collective at each step.
-                stop, minutes_up = agreed_stop_signal(d, d.master and self.checkpoint_due())
+                stop, minutes_up = agreed_stop_signal(world, world.master and self.checkpoint_due())
                 periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
                 if stop or ((periodic or minutes_up) and i < len(batches) - 1):  # the epoch end has its own
                     self.save_checkpoint()
@@ -420,31 +432,38 @@ class Run:
             self.epoch, self.batch_in_epoch = epoch + 1, 0
             if epoch + 1 < cfg.epochs:
                 self.save_checkpoint()
-                if stop := agreed_stop_signal(d)[0]:  # the signal came during evaluation
+                if stop := agreed_stop_signal(world)[0]:  # the signal came during evaluation
                     self.stop(stop, f"at step {self.step}/{self.total_steps} (end of epoch {epoch + 1})")
         return self.finish(results)
 
-    def train_step(self, batch: torch.Tensor) -> None:
-        """One optimizer step on one global batch, split over ranks and micro-batches."""
-        cfg, d, enc = self.cfg, self.d, self.splits["train"]
-        pieces = data.shard_batch(batch, d.rank, d.world_size, cfg.micro_batch_size)
-        for j, idx in enumerate(pieces):
-            b = {k: v.to(d.device, non_blocking=True)
-                 for k, v in data.collate(enc, idx, self.pad_id, data.pad_multiple(d.device), cfg.max_length).items()}
-            last = j == len(pieces) - 1
-            with contextlib.nullcontext() if last or d.world_size == 1 else self.net.no_sync():
+    def train_step(self, indices: np.ndarray) -> None:
+        """One optimizer step on one global batch: `indices` (B,) are example numbers of the train split, all
+        ranks' examples (data.train_batches); this rank takes its share, in micro-batches."""
+        cfg, world, enc = self.cfg, self.world, self.splits["train"]
+        # shard: this rank's examples of the global batch, cut into micro-batches (gradient accumulation)
+        micro_batches = data.shard_batch(indices, world.rank, world.world_size, cfg.micro_batch_size)
+        for j, micro in enumerate(micro_batches):
+            # collate: token ids padded to the micro-batch's longest sequence, as tensors on the device
+            inputs = {k: v.to(world.device, non_blocking=True) for k, v in
+                      data.collate(enc, micro, self.pad_id, data.pad_multiple(world.device), cfg.max_length).items()}
+            last = j == len(micro_batches) - 1
+            with contextlib.nullcontext() if last or world.world_size == 1 else self.net.no_sync():
+                # forward, under the one autocast context (none in fp32)
                 with self.autocast():
-                    logits = self.net(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-                loss = F.cross_entropy(logits.float(), b["labels"], reduction="sum")
-                # Micro-step gradients add up and DDP averages over ranks: scaling each SUMMED loss by
-                # world_size / len(batch) makes the update the exact mean over the global batch.
-                self.scaler.scale(loss * (d.world_size / len(batch))).backward()
-            self.window += torch.stack([loss.detach().double(), loss.new_tensor(len(idx), dtype=torch.float64)])
+                    logits = self.net(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+                # loss: summed here, in fp32, outside autocast
+                loss = F.cross_entropy(logits.float(), inputs["labels"], reduction="sum")
+                # backward. Micro-step gradients add up and DDP averages over ranks: scaling each SUMMED loss by
+                # world_size / len(indices) makes the update the exact mean over the global batch.
+                self.scaler.scale(loss * (world.world_size / len(indices))).backward()
+            self.window += torch.stack([loss.detach().double(), loss.new_tensor(len(micro), dtype=torch.float64)])
             self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
                                          self.step + 1, self.first_bad)
+        # clip
         if cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
             torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+        # step
         scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
         self.scaler.update()  # ... which then lowers the scale: the one public sign of a skipped update
@@ -462,15 +481,15 @@ class Run:
     def evaluate(self, epoch: int) -> dict:
         results = {}
         for split in [s for s in self.splits if s != "train"]:  # dev (acl) and test
-            m = evaluation.evaluate(self.model, self.splits[split], len(self.labels), pad_id=self.pad_id,
-                                    device=self.d.device, batch_size=self.cfg.eval_batch_size,
-                                    max_length=self.cfg.max_length, autocast=self.autocast, rank=self.d.rank,
-                                    world_size=self.d.world_size, reduce=all_reduce_sum)
-            results[split] = m
+            metrics = evaluation.evaluate(self.model, self.splits[split], len(self.labels), pad_id=self.pad_id,
+                                    device=self.world.device, batch_size=self.cfg.eval_batch_size,
+                                    max_length=self.cfg.max_length, autocast=self.autocast, rank=self.world.rank,
+                                    world_size=self.world.world_size, reduce=all_reduce_sum)
+            results[split] = metrics
             self.log({"step": self.step, "epoch": epoch, "split": split,
-                      **{k: m[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")}})
-            print0(f"epoch {epoch} {split:>4} | loss {m['loss']:.4f} | acc {100 * m['accuracy']:.2f} "
-                   f"| macro-F1 {100 * m['f1_macro']:.2f} | micro-F1 {100 * m['f1_micro']:.2f} | n {m['n']}")
+                      **{k: metrics[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")}})
+            print0(f"epoch {epoch} {split:>4} | loss {metrics['loss']:.4f} | acc {100 * metrics['accuracy']:.2f} "
+                   f"| macro-F1 {100 * metrics['f1_macro']:.2f} | micro-F1 {100 * metrics['f1_micro']:.2f} | n {metrics['n']}")
         return results
 
     def log_train(self, epoch_progress: float, examples_since: float, seconds: float, bar) -> None:
@@ -496,7 +515,7 @@ class Run:
             bar.set_postfix_str(line.split("| ", 2)[-1])
 
     def log(self, record: dict) -> None:
-        if self.d.master:
+        if self.world.master:
             with open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             if self.tensorboard is not None:  # every number of the same record, as <split>/<name> at its step
@@ -509,7 +528,7 @@ class Run:
         """With --tensorboard, rank 0 opens a SummaryWriter in the run folder. Its purge_step makes TensorBoard
         hide what an interrupted attempt logged after the step this run continues from (step 0: a fresh run),
         as load_checkpoint cuts those lines from metrics.jsonl; they are logged again."""
-        if self.cfg.tensorboard and self.d.master:
+        if self.cfg.tensorboard and self.world.master:
             from torch.utils.tensorboard import SummaryWriter
             self.tensorboard = SummaryWriter(str(self.dir), purge_step=self.step + 1)
 
@@ -518,9 +537,9 @@ class Run:
         result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "adapter": self.cfg.adapter,
                   "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
                   **results, "wall_time_s": wall,
-                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
+                  **peak_memory(self.world.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
                   "labels": list(self.labels)}  # class names, index = class id
-        if self.d.master:
+        if self.world.master:
             if self.cfg.save:
                 if self.cfg.adapter:
                     adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
@@ -546,7 +565,7 @@ class Run:
         and no rank exits (which makes torchrun kill the others) while rank 0 still writes."""
         barrier()
         raise Stopped(signum, f"stopped by {signal.Signals(signum).name} {where}; checkpoint written: "
-                              f"{self.checkpoint_path}" if self.d.master else None)
+                              f"{self.checkpoint_path}" if self.world.master else None)
 
     # --- checkpoint I/O: at epoch ends, every --checkpoint-every steps or minutes, on a stop signal
 
@@ -556,11 +575,11 @@ class Run:
 
     def save_checkpoint(self) -> None:
         """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
-        cuda = self.d.device.type == "cuda"
+        cuda = self.world.device.type == "cuda"
         per_rank = all_gather({"rng": torch.get_rng_state(), "window": self.window.cpu(),
-                               "cuda_rng": torch.cuda.get_rng_state(self.d.device) if cuda else None})
+                               "cuda_rng": torch.cuda.get_rng_state(self.world.device) if cuda else None})
         self.saved_at = time.monotonic()
-        error = self._write_checkpoint(per_rank) if self.d.master else None
+        error = self._write_checkpoint(per_rank) if self.world.master else None
         error = all_gather(error)[0]  # every rank stops on rank 0's failure, none waits for it in a collective
         if error:
             raise CheckpointWriteError(error)
@@ -577,7 +596,7 @@ class Run:
             "batch_in_epoch": self.batch_in_epoch,
             "elapsed": self.elapsed + time.perf_counter() - self.t0,
             "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
-            "config": dataclasses.asdict(self.cfg), "world_size": self.d.world_size,
+            "config": dataclasses.asdict(self.cfg), "world_size": self.world.world_size,
         }
         try:
             model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
@@ -610,16 +629,16 @@ class Run:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.skipped_steps = state.get("skipped_steps", 0)  # older checkpoints stepped the schedule on every step
         self.elapsed = state["elapsed"]
-        if state["world_size"] == self.d.world_size:
-            mine = state["ranks"][self.d.rank]
+        if state["world_size"] == self.world.world_size:
+            mine = state["ranks"][self.world.rank]
             torch.set_rng_state(mine["rng"])
-            if mine["cuda_rng"] is not None and self.d.device.type == "cuda":
-                torch.cuda.set_rng_state(mine["cuda_rng"], self.d.device)
-            self.window = mine["window"].to(self.d.device)
+            if mine["cuda_rng"] is not None and self.world.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda_rng"], self.world.device)
+            self.window = mine["window"].to(self.world.device)
         else:
-            print0(f"note: resumed on {self.d.world_size} rank(s), checkpoint has {state['world_size']}: the data "
+            print0(f"note: resumed on {self.world.world_size} rank(s), checkpoint has {state['world_size']}: the data "
                    "order is the same, dropout randomness is not")
-        if self.d.master:  # drop log lines written after the checkpoint; they will be written again
+        if self.world.master:  # drop log lines written after the checkpoint; they will be written again
             with open(self.dir / "metrics.jsonl", "r+") as f:
                 f.truncate(state["metrics_bytes"])
         print0(f"resumed {self.dir} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
@@ -644,7 +663,7 @@ def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int, de
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
-def environment(d: Dist, dtype) -> dict:
+def environment(world: Dist, dtype) -> dict:
     from importlib.metadata import version
     try:
         here = Path(__file__).resolve().parent
@@ -657,8 +676,9 @@ def environment(d: Dist, dtype) -> dict:
     return {
         "versions": {"python": platform.python_version(),
                      **{p: version(p) for p in ("torch", "tokenizers", "numpy", "safetensors", "huggingface_hub")}},
-        "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"cpu ({platform.machine()})",
-        "cpu_threads": torch.get_num_threads(), "world_size": d.world_size,
+        "device": (torch.cuda.get_device_name(world.device) if world.device.type == "cuda"
+                   else f"cpu ({platform.machine()})"),
+        "cpu_threads": torch.get_num_threads(), "world_size": world.world_size,
         "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "none (fp32)",
         "git_commit": commit, "git_dirty": dirty, "host": platform.node(),
     }
@@ -736,10 +756,10 @@ def stop_on_signals():
         _old_handlers.clear()
 
 
-def agreed_stop_signal(d: Dist, *flags: bool) -> list[int]:
+def agreed_stop_signal(world: Dist, *flags: bool) -> list[int]:
     """[stop signal, *flags], the same on every rank: the largest over ranks, so that one rank's signal stops
     all of them at the same step. One tiny all-reduce; on one process no collective at all."""
-    values = torch.tensor([_stop_signal, *flags], dtype=torch.long, device=d.device)
+    values = torch.tensor([_stop_signal, *flags], dtype=torch.long, device=world.device)
     all_reduce_max(values)
     return values.tolist()
 
@@ -752,14 +772,14 @@ def continue_command(argv: list[str] | None) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path, d: Dist):
+def run_lock(run_dir: Path, world: Dist):
     """Own `run_dir` for the length of the block: rank 0 holds an exclusive flock on <run_dir>/train.lock
     (host and pid written in it), and every rank learns rank 0's outcome, so none of them waits in a
     collective for a rank that stopped. The kernel drops the lock when the holder dies, even by SIGKILL, so
     a killed job never leaves the folder stuck; the file itself stays, and only the lock on it counts.
     Raises UsageError (on every rank) when another process holds it."""
     lock, error = None, None
-    if d.master:
+    if world.master:
         path = run_dir / "train.lock"
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
