@@ -385,6 +385,8 @@ class Run:
         self.saved_step, self.saved_at = None, time.monotonic()  # the last checkpoint: step, monotonic seconds
         # since the last log line: the train loss sum and the examples it sums over
         self.window = torch.zeros(2, dtype=torch.float64, device=world.device)
+        # since the last log line: the sum of the finite gradient norms before clipping, and how many there are
+        self.grad_norms = torch.zeros(2, dtype=torch.float64, device=world.device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=world.device)  # first step with a NaN/inf loss
 
     # --- the loop
@@ -408,16 +410,17 @@ class Run:
                                          group_by_length=not cfg.random_batches)
             bar = tqdm(total=len(batches), initial=self.batch_in_epoch, desc=f"seed {self.seed} epoch {epoch + 1}",
                        disable=None if world.master else True, dynamic_ncols=True, leave=False)
-            t_log, n_log = time.perf_counter(), 0
+            t_log, n_log, tokens_log = time.perf_counter(), 0, 0
             for i in range(self.batch_in_epoch, len(batches)):
                 self.model.train()
                 self.train_step(batches[i])
                 self.batch_in_epoch = i + 1
                 n_log += len(batches[i])
+                tokens_log += int(enc.lengths[batches[i]].sum())  # real tokens, truncated to --max-length by encode
                 bar.update()
                 if self.step % cfg.log_every == 0 or i == len(batches) - 1:
-                    self.log_train(epoch + (i + 1) / len(batches), n_log, time.perf_counter() - t_log, bar)
-                    t_log, n_log = time.perf_counter(), 0
+                    self.log_train(epoch + (i + 1) / len(batches), n_log, tokens_log, time.perf_counter() - t_log, bar)
+                    t_log, n_log, tokens_log = time.perf_counter(), 0, 0
                 # Every rank must take the same branch here (a checkpoint gathers every rank's RNG), so the
                 # stop signal and rank 0's clock go through one collective at each step.
                 stop, minutes_up = agreed_stop_signal(world, world.master and self.checkpoint_due())
@@ -459,10 +462,12 @@ class Run:
             self.window += torch.stack([loss.detach().double(), loss.new_tensor(len(micro), dtype=torch.float64)])
             self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
                                          self.step + 1, self.first_bad)
-        # clip
-        if cfg.max_grad_norm:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
-            torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+        # clip: the true gradients, not the fp16-scaled ones. The norm before clipping is logged (grad_norm); with
+        # --max-grad-norm 0 it is measured the same way, with an infinite threshold (a scale of exactly 1.0).
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm or math.inf).detach()
+        finite = torch.isfinite(norm)  # an fp16 overflow: the scaler skips this step, and the mean leaves it out
+        self.grad_norms += torch.stack([torch.where(finite, norm, 0).double(), finite.double()])
         # step
         scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
@@ -492,22 +497,31 @@ class Run:
                    f"| macro-F1 {100 * metrics['f1_macro']:.2f} | micro-F1 {100 * metrics['f1_micro']:.2f} | n {metrics['n']}")
         return results
 
-    def log_train(self, epoch_progress: float, examples_since: float, seconds: float, bar) -> None:
+    def log_train(self, epoch_progress: float, examples_since: int, tokens_since: int, seconds: float, bar) -> None:
+        """One train record (metrics.jsonl) and log line for the steps since the last one. loss: the mean over
+        their examples; grad_norm: the mean over their steps of the gradient norm before clipping (DDP's
+        gradients are the same on every rank, so is the norm); examples_per_s and tokens_per_s: all ranks'
+        examples and real (not padding) tokens over the wall time of those steps."""
         totals = torch.cat([self.window, (self.first_bad >= 0).double()[None]])
         all_reduce_sum(totals)  # one collective: loss sum, examples, ranks that saw a NaN/inf loss
         loss_sum, n, bad = totals.tolist()
+        norm_sum, n_norms = self.grad_norms.tolist()
         if bad:
             where = f"at step {self.first_bad.item()}" if self.first_bad >= 0 else f"by step {self.step}"
             raise FloatingPointError(
                 f"the training loss became NaN/inf {where} (seed {self.seed}); try --precision bf16 or fp32, "
                 f"or a lower --lr than {self.cfg.lr:g}")
         record = {"step": self.step, "epoch": round(epoch_progress, 4), "split": "train", "loss": loss_sum / n,
-                  "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples_since / seconds,
+                  "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm_sum / n_norms if n_norms else None,
+                  "examples_per_s": examples_since / seconds, "tokens_per_s": tokens_since / seconds,
                   "skipped_steps": self.skipped_steps}
         self.window.zero_()
+        self.grad_norms.zero_()
         self.log(record)
+        norm = "-" if record["grad_norm"] is None else f"{record['grad_norm']:.4f}"  # every step skipped (fp16)
         line = (f"step {self.step:6d}/{self.total_steps} | epoch {epoch_progress:5.2f} | loss {record['loss']:.4f} "
-                f"| lr {record['lr']:.2e} | {record['examples_per_s']:7.1f} ex/s"
+                f"| lr {record['lr']:.2e} | norm {norm} | {record['examples_per_s']:7.1f} ex/s "
+                f"| {record['tokens_per_s']:8.0f} tok/s"
                 + (f" | skipped {self.skipped_steps}" if self.scaler.is_enabled() else ""))
         if bar.disable:
             print0(line)
@@ -577,6 +591,7 @@ class Run:
         """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
         cuda = self.world.device.type == "cuda"
         per_rank = all_gather({"rng": torch.get_rng_state(), "window": self.window.cpu(),
+                               "grad_norms": self.grad_norms.cpu(),
                                "cuda_rng": torch.cuda.get_rng_state(self.world.device) if cuda else None})
         self.saved_at = time.monotonic()
         error = self._write_checkpoint(per_rank) if self.world.master else None
@@ -635,6 +650,8 @@ class Run:
             if mine["cuda_rng"] is not None and self.world.device.type == "cuda":
                 torch.cuda.set_rng_state(mine["cuda_rng"], self.world.device)
             self.window = mine["window"].to(self.world.device)
+            if "grad_norms" in mine:  # checkpoints written before grad_norm was logged have none
+                self.grad_norms = mine["grad_norms"].to(self.world.device)
         else:
             print0(f"note: resumed on {self.world.world_size} rank(s), checkpoint has {state['world_size']}: the data "
                    "order is the same, dropout randomness is not")

@@ -88,7 +88,7 @@ def result(out, name):
 
 
 def metrics(out, name):  # throughput differs from run to run, everything else must not
-    return [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"}
+    return [{k: v for k, v in json.loads(line).items() if k not in ("examples_per_s", "tokens_per_s")}
             for line in open(seed_dir(out, name) / "metrics.jsonl")]
 
 
