@@ -155,8 +155,8 @@ def evaluate_command(args) -> dict:
                           autocast=autocast(autocast_dtype(args.precision, world.device), world.device),
                           rank=world.rank, world_size=world.world_size, reduce=all_reduce_sum)
         print0(f"{args.checkpoint} on {dataset.name} {args.split} ({result['n']} examples): "
-                     f"accuracy {100 * result['accuracy']:.2f} | macro-F1 {100 * result['f1_macro']:.2f} | "
-                     f"micro-F1 {100 * result['f1_micro']:.2f} | loss {result['loss']:.4f}")
+               f"accuracy {100 * result['accuracy']:.2f} | macro-F1 {100 * result['f1_macro']:.2f} | "
+               f"micro-F1 {100 * result['f1_micro']:.2f} | loss {result['loss']:.4f}")
         if args.json:
             print0(json.dumps(result))
         return result
