@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import model as modeling  # the functions below take an argument named `model`
+from common import UsageError
 
 PLACEMENTS = ("houlsby", "pfeiffer")
 CONFIG_FILE = "adapter_config.json"
@@ -103,9 +104,9 @@ def add_adapters(model: modeling.Classifier, bottleneck: int = 64, placement: st
     recipe) and the classification head. Works on meta-device models too (memory estimates).
     """
     if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        raise UsageError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if bottleneck < 1:
-        raise ValueError(f"bottleneck must be a positive integer, got {bottleneck}")
+        raise UsageError(f"bottleneck must be a positive integer, got {bottleneck}")
     if has_adapters(model):
         raise ValueError(f"this model already has adapters ({model.adapter_config}); "
                          "load a fresh base model to add others")
@@ -201,7 +202,7 @@ def load_adapters(model: modeling.Classifier, directory: str | os.PathLike) -> m
     else:
         _check_settings(model.adapter_config, saved, directory)
     if base_fingerprint(model) != meta["base_sha256"]:
-        raise ValueError(f"{directory} was trained on other base weights than this model's (SHA-256 of the "
+        raise UsageError(f"{directory} was trained on other base weights than this model's (SHA-256 of the "
                          f"frozen weights differs); it belongs to base {meta['base']!r}")
     state = modeling.read_weights(directory / WEIGHTS_FILE)  # safetensors: tensors only, nothing can run
     expected = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -237,10 +238,10 @@ def read_config(directory: str | os.PathLike) -> dict:
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
     missing = [k for k in _CONFIG_KEYS if k not in meta]
     if missing:
-        raise ValueError(f"{path}: no {missing[0]!r} field; it was not written by adapter.save_adapters")
+        raise UsageError(f"{path}: no {missing[0]!r} field; it was not written by adapter.save_adapters")
     return meta
 
 
@@ -278,14 +279,14 @@ def _check_base(model: modeling.Classifier, meta: dict, directory: Path) -> None
     ours = _base_description(model)
     for key, value in ours.items():
         if meta[key] != value:
-            raise ValueError(f"{directory} holds adapters for a {meta['model_type']} base ({meta['base']!r}) "
+            raise UsageError(f"{directory} holds adapters for a {meta['model_type']} base ({meta['base']!r}) "
                              f"with {key}={meta[key]}, but this model has {key}={value}")
 
 
 def _check_settings(ours: AdapterConfig, saved: AdapterConfig, directory: Path) -> None:
     for key in ("bottleneck", "placement", "freeze_layernorm"):  # init_scale no longer matters once trained
         if getattr(ours, key) != getattr(saved, key):
-            raise ValueError(f"{directory} was saved with {key}={getattr(saved, key)!r}, but this model's "
+            raise UsageError(f"{directory} was saved with {key}={getattr(saved, key)!r}, but this model's "
                              f"adapters have {key}={getattr(ours, key)!r}; load onto a fresh base model")
 
 
@@ -294,9 +295,9 @@ def _check_keys(state: dict, expected: dict, path: Path) -> None:
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         key, what = (missing[0], "missing") if missing else (unexpected[0], "unexpected")
-        raise ValueError(f"{path}: {what} key {key!r} ({len(missing)} missing, {len(unexpected)} unexpected)")
+        raise UsageError(f"{path}: {what} key {key!r} ({len(missing)} missing, {len(unexpected)} unexpected)")
     for k, t in state.items():
         if t.shape != expected[k].shape:
-            raise ValueError(f"{path}: key {k!r} has shape {tuple(t.shape)}, the model expects "
+            raise UsageError(f"{path}: key {k!r} has shape {tuple(t.shape)}, the model expects "
                              f"{tuple(expected[k].shape)}")
 

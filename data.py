@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from common import UsageError
+
 
 @dataclass(frozen=True)
 class Example:
@@ -114,14 +116,14 @@ def _label_id(value, labels: list[str], where: str) -> int:
         return labels.index(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
         return value
-    raise ValueError(f"{where}: label {value!r} is not one of {labels} (or a class id below {len(labels)})")
+    raise UsageError(f"{where}: label {value!r} is not one of {labels} (or a class id below {len(labels)})")
 
 
 def _read_semeval_xml(path: Path, labels: list[str]) -> list[Example]:
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
-        raise ValueError(f"{path}: not valid XML ({err})") from None
+        raise UsageError(f"{path}: not valid XML ({err})") from None
     examples = []
     for sentence in root.iter("sentence"):
         text = sentence.findtext("text")
@@ -144,7 +146,7 @@ def _read_jsonl(path: Path, labels: list[str]) -> list[Example]:
                 record = json.loads(line)
                 text, label = record["text"], record["label"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{where}: expected a JSON object with 'text' and 'label' ({err!r})") from None
+                raise UsageError(f"{where}: expected a JSON object with 'text' and 'label' ({err!r})") from None
             examples.append(Example(text, None, _label_id(label, labels, where)))
     return examples
 
@@ -157,9 +159,9 @@ def _read_agnews_csv(path: Path, labels: list[str]) -> list[Example]:
         for row in reader:
             where = f"{path}:{reader.line_num}"
             if len(row) != 3:
-                raise ValueError(f"{where}: expected 3 fields (class 1-4, title, description), got {len(row)}")
+                raise UsageError(f"{where}: expected 3 fields (class 1-4, title, description), got {len(row)}")
             if not (row[0].isdigit() and 1 <= int(row[0]) <= len(labels)):
-                raise ValueError(f"{where}: class {row[0]!r} is not one of 1..{len(labels)} ({', '.join(labels)})")
+                raise UsageError(f"{where}: class {row[0]!r} is not one of 1..{len(labels)} ({', '.join(labels)})")
             examples.append(Example(row[1] + " " + row[2], None, int(row[0]) - 1))  # 1..4 on disk
     return examples
 
@@ -169,7 +171,7 @@ _READERS = {".xml": _read_semeval_xml, ".jsonl": _read_jsonl, ".csv": _read_agne
 
 def _dataset(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
@@ -217,13 +219,13 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
     """The examples of one split, read from `data_dir` if given, else from the Hub (cached)."""
     info = _dataset(name)
     if split not in info.splits:
-        raise ValueError(f"{name} has no split {split!r}; its splits: {', '.join(info.splits)}")
+        raise UsageError(f"{name} has no split {split!r}; its splits: {', '.join(info.splits)}")
     path = _local_file(info, split, data_dir) if data_dir is not None else _hub_file(info, split)
     examples = _READERS[path.suffix](path, info.labels)
     if info.rows is not None:
         examples = [examples[i] for i in info.rows(split, len(examples))]
     if not examples:
-        raise ValueError(f"{path}: no examples for {name} {split}")
+        raise UsageError(f"{path}: no examples for {name} {split}")
     return examples
 
 
@@ -259,30 +261,30 @@ def run_name(dataset: str | None, train_file: str | None = None, given: str | No
     overrides the last three; a registered name is refused for them, so their runs never mix.
     """
     if dataset is not None and train_file is not None:
-        raise ValueError("--dataset and --train-file both name the training data: pass one of them")
+        raise UsageError("--dataset and --train-file both name the training data: pass one of them")
     if dataset in DATASETS:
         if given not in (None, dataset):
-            raise ValueError(f"--dataset-name names your own data; {dataset} is a registered dataset")
+            raise UsageError(f"--dataset-name names your own data; {dataset} is a registered dataset")
         return dataset
     spellings = (f"a registered name ({', '.join(DATASETS)}), a folder holding train.* and test.* "
                  f"({', '.join(OWN_FORMATS)}), or hub:owner/name")
     if dataset is None and train_file is None:
-        raise ValueError(f"pass --dataset: {spellings}; or --train-file FILE")
+        raise UsageError(f"pass --dataset: {spellings}; or --train-file FILE")
     if dataset is not None and dataset.startswith("hub:"):
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", dataset[4:]):
-            raise ValueError(f"--dataset {dataset}: a Hub dataset is spelled hub:owner/name")
+            raise UsageError(f"--dataset {dataset}: a Hub dataset is spelled hub:owner/name")
         default = dataset[4:].replace("/", "--")
     elif dataset is not None:
         if not Path(dataset).is_dir():
             hint = f" ({dataset} is a file: pass it as --train-file)" if Path(dataset).is_file() else ""
-            raise ValueError(f"unknown dataset {dataset!r}{hint}; --dataset takes {spellings}")
+            raise UsageError(f"unknown dataset {dataset!r}{hint}; --dataset takes {spellings}")
         default = Path(dataset).resolve().name
     else:
         default = Path(train_file).resolve().parent.name
     name = given or default
     if name in DATASETS or not re.fullmatch(r"[\w][\w.-]*", name):
         why = "is a registered dataset's" if name in DATASETS else "is not a plain folder name"
-        raise ValueError(f"your data's run-folder name {name!r} {why}: pass --dataset-name NAME")
+        raise UsageError(f"your data's run-folder name {name!r} {why}: pass --dataset-name NAME")
     return name
 
 
@@ -293,7 +295,7 @@ def own_files(directory: str | os.PathLike) -> dict[str, Path]:
     for split, stems in OWN_SPLITS.items():
         hits = [directory / (s + ext) for s in stems for ext in OWN_FORMATS if (directory / (s + ext)).is_file()]
         if len(hits) > 1:
-            raise ValueError(f"{directory} holds {' and '.join(h.name for h in hits)}: keep one {split} file")
+            raise UsageError(f"{directory} holds {' and '.join(h.name for h in hits)}: keep one {split} file")
         if hits:
             found[split] = hits[0]
     if "train" not in found:
@@ -322,7 +324,7 @@ def _hub_snapshot(repo: str) -> Path:
 def _decode(path: Path) -> str:
     raw = path.read_bytes()
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
-        raise ValueError(f"{path}: UTF-16, not UTF-8 (it holds NUL bytes or a UTF-16 byte-order mark); convert it: "
+        raise UsageError(f"{path}: UTF-16, not UTF-8 (it holds NUL bytes or a UTF-16 byte-order mark); convert it: "
                          f"iconv -f UTF-16 -t UTF-8 {path} > utf8{path.suffix}")
     try:
         return raw.decode("utf-8-sig")  # a UTF-8 byte-order mark (Excel writes one) is no part of the first column
@@ -333,7 +335,7 @@ def _decode(path: Path) -> str:
             source = "cp1252"  # Windows' Western encoding: what a non-UTF-8 spreadsheet export usually is
         except UnicodeDecodeError:
             source = "latin-1"  # decodes any bytes; cp1252 could not
-        raise ValueError(f"{path}:{line}: not UTF-8 (byte 0x{raw[err.start]:02x}); it reads as {source}: convert it, "
+        raise UsageError(f"{path}:{line}: not UTF-8 (byte 0x{raw[err.start]:02x}); it reads as {source}: convert it, "
                          f"e.g. iconv -f {source} -t UTF-8 {path} > utf8{path.suffix}") from None
 
 
@@ -349,22 +351,22 @@ def _read_table(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]
                 header = [name.strip() for name in fields]
                 if len(set(header)) < len(header):
                     twice = sorted({n for n in header if header.count(n) > 1})
-                    raise ValueError(f"{path}:{start}: the header names {', '.join(map(repr, twice))} more than "
+                    raise UsageError(f"{path}:{start}: the header names {', '.join(map(repr, twice))} more than "
                                      "once; give every column its own name")
             elif fields:
                 if len(fields) != len(header):
-                    raise ValueError(f"{path}:{start}: {len(fields)} fields, the header has {len(header)}; a field "
+                    raise UsageError(f"{path}:{start}: {len(fields)} fields, the header has {len(header)}; a field "
                                      f"holding a {'tab' if kind == 'TSV' else 'comma'}, quote or line break must be "
                                      'quoted, with its quotes doubled ("")')
                 rows.append((start, dict(zip(header, fields))))
             start = reader.line_num + 1
     except csv.Error as err:
-        raise ValueError(f"{path}:{start}: {kind} quoting error ({err}); quote a field that holds quotes, with "
+        raise UsageError(f"{path}:{start}: {kind} quoting error ({err}); quote a field that holds quotes, with "
                          'its quotes doubled ("")') from None
     if header is None:
-        raise ValueError(f"{path}: empty file; it needs a header row ({kind}) and one example per row")
+        raise UsageError(f"{path}: empty file; it needs a header row ({kind}) and one example per row")
     if not rows:
-        raise ValueError(f"{path}: only a header row ({', '.join(header)}), no examples")
+        raise UsageError(f"{path}: only a header row ({', '.join(header)}), no examples")
     return header, rows
 
 
@@ -377,14 +379,14 @@ def _read_jsonl_records(path: Path, text: str) -> tuple[list[str], list[tuple[in
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+            raise UsageError(f"{path}:{lineno}: not valid JSON ({err.msg}, column {err.colno}); "
                              "the file needs one JSON object per line") from None
         if not isinstance(record, dict):  # bad input in a file, not a caller's bug: ValueError like the rest
-            raise ValueError(f"{path}:{lineno}: a JSON {type(record).__name__}, not an object with your "  # noqa: TRY004
+            raise UsageError(f"{path}:{lineno}: a JSON {type(record).__name__}, not an object with your "
                              "columns")
         rows.append((lineno, record))
     if not rows:
-        raise ValueError(f"{path}: empty file; it needs one JSON object per line")
+        raise UsageError(f"{path}: empty file; it needs one JSON object per line")
     return list(rows[0][1]), rows
 
 
@@ -403,13 +405,13 @@ def _own_examples(path: Path, columns: list[str], rows: list[tuple[int, dict]], 
         for column in (text_column, pair_column, label_column):
             if column is not None and column not in row:
                 where, found = (f"{path}:{line}", list(row)) if path.suffix == ".jsonl" else (f"{path}:1", columns)
-                raise ValueError(f"{where}: no column {column!r} (found: {', '.join(map(repr, found))}); "
+                raise UsageError(f"{where}: no column {column!r} (found: {', '.join(map(repr, found))}); "
                                  f"pass {flags[column]} NAME")
         texts = [row[c] if c is not None else None for c in (text_column, pair_column)]
         for column, value in zip((text_column, pair_column), texts):
             if column is not None and not (isinstance(value, str) and value.strip()):
                 what = "empty" if value is None or isinstance(value, str) else f"a {type(value).__name__}"
-                raise ValueError(f"{path}:{line}: the text in {column!r} is {what}; every example needs one "
+                raise UsageError(f"{path}:{line}: the text in {column!r} is {what}; every example needs one "
                                  "(fill it in or remove the line)")
         label = row[label_column]
         if isinstance(label, str) and _INTEGER.fullmatch(label.strip()):
@@ -418,7 +420,7 @@ def _own_examples(path: Path, columns: list[str], rows: list[tuple[int, dict]], 
             label = label.strip()
         elif not isinstance(label, int) or isinstance(label, bool):
             what = "empty" if label is None or isinstance(label, str) else f"a {type(label).__name__}"
-            raise ValueError(f"{path}:{line}: the label in {label_column!r} is {what}; labels are names or integers")
+            raise UsageError(f"{path}:{line}: the label in {label_column!r} is {what}; labels are names or integers")
         out.append((line, *texts, label))
     return out
 
@@ -431,15 +433,15 @@ def _label_list(records: dict[Path, list[tuple]], train: Path, given: list[str] 
             first.setdefault(type(label), (path, line, label))
     if len(first) > 1:
         (p, a, s), (q, b, i) = first[str], first[int]
-        raise ValueError(f"{p}:{a}: label {s!r} is a name, but {q}:{b} has the integer label {i}: label every "
+        raise UsageError(f"{p}:{a}: label {s!r} is a name, but {q}:{b} has the integer label {i}: label every "
                          "example with names, or every example with integers")
     integers = int in first
     if given is not None:
         if integers and not all(_INTEGER.fullmatch(g) for g in given):
-            raise ValueError(f"--labels {','.join(given)}: your files label with integers, so list integers")
+            raise UsageError(f"--labels {','.join(given)}: your files label with integers, so list integers")
         names = [str(int(g)) if integers else g for g in given]
         if len(set(names)) < len(names):
-            raise ValueError(f"--labels {','.join(given)} lists a label twice")
+            raise UsageError(f"--labels {','.join(given)} lists a label twice")
     else:
         names = [str(v) for v in sorted({row[-1] for row in records[train]})]  # ints numerically, names by code point
     known = set(names)
@@ -448,9 +450,9 @@ def _label_list(records: dict[Path, list[tuple]], train: Path, given: list[str] 
             if str(label) not in known:
                 why = (f"is not in --labels ({', '.join(names)}); add it there" if given is not None else
                        f"never occurs in {train}; fix the line, or list every class with --labels")
-                raise ValueError(f"{path}:{line}: label {str(label)!r} {why}")
+                raise UsageError(f"{path}:{line}: label {str(label)!r} {why}")
     if len(names) < 2:
-        raise ValueError(f"{train}: every example has the label {names[0]!r}; a classifier needs two classes or more")
+        raise UsageError(f"{train}: every example has the label {names[0]!r}; a classifier needs two classes or more")
     return names
 
 
@@ -476,13 +478,13 @@ def read_own(files: dict[str, Path], *, text_column: str = "text", text_pair_col
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path} not found")
         if Path(path).suffix not in OWN_FORMATS:
-            raise ValueError(f"{path}: read are {', '.join(OWN_FORMATS)} files; convert it to one of them")
+            raise UsageError(f"{path}: read are {', '.join(OWN_FORMATS)} files; convert it to one of them")
     if ("test" in files) == (test_fraction is not None):
-        raise ValueError(f"{files['test']} is the test file: drop --test-fraction" if "test" in files else
+        raise UsageError(f"{files['test']} is the test file: drop --test-fraction" if "test" in files else
                          f"no test file beside {files['train']}: add test.jsonl/.csv/.tsv (or --test-file), or "
                          "hold out a share of the training file with --test-fraction 0.1")
     if test_fraction is not None and not 0 < test_fraction < 1:
-        raise ValueError(f"--test-fraction must lie strictly between 0 and 1, got {test_fraction}")
+        raise UsageError(f"--test-fraction must lie strictly between 0 and 1, got {test_fraction}")
     files = {s: Path(files[s]) for s in OWN_SPLITS if s in files}
     train = files["train"]
     tables = {path: _read_rows(path) for path in files.values()}
@@ -491,7 +493,7 @@ def read_own(files: dict[str, Path], *, text_column: str = "text", text_pair_col
         pair = "text_pair" if "text_pair" in tables[train][0] else None
         for path, (columns, _) in tables.items():
             if pair is None and "text_pair" in columns:
-                raise ValueError(f"{path} has a 'text_pair' column, {train} has none: give every file the pair "
+                raise UsageError(f"{path} has a 'text_pair' column, {train} has none: give every file the pair "
                                  "or none, or pass --text-pair-column")
     records = {path: _own_examples(path, *tables[path], text_column, pair, label_column) for path in files.values()}
     names = _label_list(records, train, labels)
@@ -500,7 +502,7 @@ def read_own(files: dict[str, Path], *, text_column: str = "text", text_pair_col
     if test_fraction is not None:
         rows, held = _holdout(len(examples["train"]), test_fraction)
         if not len(rows) or not len(held):
-            raise ValueError(f"--test-fraction {test_fraction} of {train}'s {len(examples['train'])} examples "
+            raise UsageError(f"--test-fraction {test_fraction} of {train}'s {len(examples['train'])} examples "
                              "leaves no training or no test example")
         examples["test"] = [examples["train"][i] for i in held]
         examples["train"] = [examples["train"][i] for i in rows]
@@ -528,16 +530,16 @@ def open_dataset(dataset: str | None = None, *, data_dir: str | os.PathLike | No
     if dataset in DATASETS:
         given = [flag for flag, value in own.items() if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)}: only for your own data; {dataset} is a registered dataset")
+            raise UsageError(f"{', '.join(given)}: only for your own data; {dataset} is a registered dataset")
         wanted = splits or DATASETS[dataset].splits
         return Dataset(name, list(DATASETS[dataset].labels), {s: load_split(dataset, s, data_dir) for s in wanted})
     if data_dir is not None:
-        raise ValueError("--data-dir holds local copies of the registered datasets; your own data is "
+        raise UsageError("--data-dir holds local copies of the registered datasets; your own data is "
                          "--dataset DIR or --train-file FILE")
     if train_file is not None:
         files = {s: f for s, f in (("train", train_file), ("dev", dev_file), ("test", test_file)) if f is not None}
     elif dev_file is not None or test_file is not None:
-        raise ValueError(f"--dev-file and --test-file go with --train-file; {dataset} is searched for dev.* "
+        raise UsageError(f"--dev-file and --test-file go with --train-file; {dataset} is searched for dev.* "
                          "and test.* itself")
     else:
         files = own_files(_hub_snapshot(dataset[4:]) if dataset.startswith("hub:") else dataset)
@@ -545,8 +547,42 @@ def open_dataset(dataset: str | None = None, *, data_dir: str | os.PathLike | No
                                      label_column=label_column, labels=labels, test_fraction=test_fraction)
     for s in splits or ():
         if s not in examples:
-            raise ValueError(f"{name} has no split {s!r}; its splits: {', '.join(examples)}")
+            raise UsageError(f"{name} has no split {s!r}; its splits: {', '.join(examples)}")
     return Dataset(name, label_names, {s: e for s, e in examples.items() if splits is None or s in splits})
+
+
+def comma_list(text: str) -> list[str]:
+    """argparse type of --labels: "a, b,c" -> ["a", "b", "c"]."""
+    return [item.strip() for item in text.split(",")]
+
+
+# The dataset flags of train.py and eval.py evaluate, defined once: name -> (default, help, argparse keywords).
+# train.TrainConfig declares its fields from them and eval.py adds them to its parser, so both CLIs spell and
+# explain them alike. OWN_DATA: the ones that say which of your own files to read and how.
+OWN_DATA = ("train_file", "dev_file", "test_file", "test_fraction", "text_column", "text_pair_column", "label_column",
+            "labels", "dataset_name")
+FLAGS = {
+    "dataset": (None, (f"a registered dataset ({', '.join(DATASETS)}), a folder of your own train/test(/dev) "
+                       ".jsonl/.csv/.tsv files, or hub:owner/name"), {}),
+    "data_dir": (None, "local dataset folder in the layout of shared/data (default: the Hub)", {}),
+    "train_file": (None, "your own training file (.jsonl, .csv or .tsv), instead of --dataset", {}),
+    "dev_file": (None, "with --train-file: a dev file, evaluated every epoch like the test file", {}),
+    "test_file": (None, "with --train-file: the test file", {}),
+    "test_fraction": (None, ("without a test file: hold out this share of the training file "
+                             "(fixed seed 2022, as agnews' split)"), {"type": float}),
+    "text_column": ("text", "your files' text column", {}),
+    "text_pair_column": (None, ("your files' second text of a pair (default: text_pair, if the "
+                                "training file has it)"), {}),
+    "label_column": ("label", "your files' label column (names or integers)", {}),
+    "labels": (None, ("your labels in class-id order, comma-separated (default: "
+                      "the sorted set of the training labels, integers in numeric order)"), {"type": comma_list}),
+    "dataset_name": (None, "your dataset's name in the run folder (default: its folder's name)", {}),
+}
+
+
+def open_from_flags(args, splits: tuple[str, ...] | None = None) -> Dataset:
+    """open_dataset with the dataset flags of `args` (a train.TrainConfig, or eval.py evaluate's arguments)."""
+    return open_dataset(args.dataset, data_dir=args.data_dir, splits=splits, **{k: getattr(args, k) for k in OWN_DATA})
 
 
 # ---------------------------------------------------------------------------- tokenization
@@ -583,7 +619,7 @@ def encode(examples: list[Example], tokenizer: Tokenizer, max_length: int) -> En
     specials = tok.num_special_tokens_to_add(is_pair=pairs)
     if max_length <= specials:
         # tokenizers silently skips truncation when max_length cannot hold the special tokens
-        raise ValueError(f"max_length={max_length} leaves no room for text next to {specials} special tokens")
+        raise UsageError(f"max_length={max_length} leaves no room for text next to {specials} special tokens")
     tok.no_padding()
     tok.enable_truncation(max_length, strategy="longest_first")
     inputs = [e.text if e.text_pair is None else (e.text, e.text_pair) for e in examples]

@@ -8,7 +8,8 @@
 
 Every rank scores its own shard of the split (no padding duplicates, no gaps), then one
 reduction sums the confusion matrix, the loss and the count, so the numbers are the same
-whatever the world size. The reduction is a callback: only train.py touches torch.distributed.
+whatever the world size. The reduction is a callback (common.all_reduce_sum in both CLIs), so this
+file never touches torch.distributed itself.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import sys
@@ -32,6 +32,7 @@ from tqdm import tqdm
 import data
 import model
 import stats
+from common import MAX_LENGTH, PRECISIONS, UsageError, all_reduce_sum, autocast, autocast_dtype, distributed, print0
 
 
 def confusion_matrix(preds, labels, num_classes: int) -> np.ndarray:
@@ -133,33 +134,31 @@ def check_labels(net: model.Classifier, labels: list[str], dataset: str, directo
     `labels`: the dataset's class names, index = class id (data.Dataset.labels)."""
     labels = list(labels)
     if net.num_labels != len(labels):
-        raise ValueError(f"{directory} has a {net.num_labels}-label head but {dataset} has {len(labels)} classes "
+        raise UsageError(f"{directory} has a {net.num_labels}-label head but {dataset} has {len(labels)} classes "
                          f"({', '.join(labels)}): it was trained for another dataset")
     names = [net.config.id2label[i] for i in range(net.num_labels)] if net.config.id2label else None
     if names and names != labels and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
-        raise ValueError(f"{directory} labels its classes {names}, {dataset} has {labels} (index = class id)")
+        raise UsageError(f"{directory} labels its classes {names}, {dataset} has {labels} (index = class id)")
 
 
 def evaluate_command(args) -> dict:
-    import train  # the only file that touches torch.distributed: evaluation reduces through its helper
-    with train.distributed(args.device) as d:
+    with distributed(args.device) as world:
         net, tok = load_checkpoint(args.checkpoint, args.base)
         if args.dataset in data.DATASETS:  # refuse a checkpoint for other labels before reading or downloading
             check_labels(net, data.DATASETS[args.dataset].labels, args.dataset, args.checkpoint)
-        dataset = train.open_dataset(args, splits=(args.split,))  # a registered dataset reads only this split
+        dataset = data.open_from_flags(args, splits=(args.split,))  # a registered dataset reads only this split
         check_labels(net, dataset.labels, dataset.name, args.checkpoint)  # your own data: labels from its files
         max_length = min(args.max_length, net.config.max_length)
         enc = data.encode(dataset.examples[args.split], tok, max_length)
-        dtype = train.autocast_dtype(args.precision, d.device)
-        autocast = (lambda: torch.autocast(d.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-        result = evaluate(net.to(d.device), enc, net.num_labels, pad_id=net.config.pad_token_id, device=d.device,
-                          batch_size=args.batch_size, max_length=max_length, autocast=autocast, rank=d.rank,
-                          world_size=d.world_size, reduce=train.all_reduce_sum)
-        train.print0(f"{args.checkpoint} on {dataset.name} {args.split} ({result['n']} examples): "
-                     f"accuracy {100 * result['accuracy']:.2f} | macro-F1 {100 * result['f1_macro']:.2f} | "
-                     f"micro-F1 {100 * result['f1_micro']:.2f} | loss {result['loss']:.4f}")
+        result = evaluate(net.to(world.device), enc, net.num_labels, pad_id=net.config.pad_token_id,
+                          device=world.device, batch_size=args.batch_size, max_length=max_length,
+                          autocast=autocast(autocast_dtype(args.precision, world.device), world.device),
+                          rank=world.rank, world_size=world.world_size, reduce=all_reduce_sum)
+        print0(f"{args.checkpoint} on {dataset.name} {args.split} ({result['n']} examples): "
+               f"accuracy {100 * result['accuracy']:.2f} | macro-F1 {100 * result['f1_macro']:.2f} | "
+               f"micro-F1 {100 * result['f1_micro']:.2f} | loss {result['loss']:.4f}")
         if args.json:
-            train.print0(json.dumps(result))
+            print0(json.dumps(result))
         return result
 
 
@@ -290,7 +289,7 @@ CLAIMS = ("a > b", "a < b", "a = b")
 
 def _check_metric(metric: str) -> None:
     if metric not in SCORES:
-        raise ValueError(f"unknown metric {metric!r}: compare and claims test {', '.join(SCORES)} (higher is better)")
+        raise UsageError(f"unknown metric {metric!r}: compare and claims test {', '.join(SCORES)} (higher is better)")
 
 
 def seed_groups(seeds: list[Seed], split: str) -> dict[tuple[str, str], list[Seed]]:
@@ -311,7 +310,7 @@ def group_values(group: list[Seed], split: str, metric: str) -> np.ndarray:
         section = s.result.get(split) if isinstance(s.result, dict) else None
         value = section.get(metric) if isinstance(section, dict) else None
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
-            raise ValueError(f"{s.path / 'result.json'}: {split} {metric} is {value!r}, not a finite number; "
+            raise UsageError(f"{s.path / 'result.json'}: {split} {metric} is {value!r}, not a finite number; "
                              f"rerun that seed (delete its folder) or leave it out of the runs folder")
         values.append(float(value))
     return np.array(values)
@@ -321,11 +320,11 @@ def _check_names(groups: dict, root, a: str, b: str, datasets) -> None:
     models = sorted({m for _, m in groups})
     for name in (a, b):
         if name not in models:
-            raise ValueError(f"no model {name!r} in {root} (there: {', '.join(models)})")
+            raise UsageError(f"no model {name!r} in {root} (there: {', '.join(models)})")
     there = _ordered(d for d, _ in groups)
     for dataset in datasets or ():
         if dataset not in there:
-            raise ValueError(f"no dataset {dataset!r} in {root} (there: {', '.join(there)})")
+            raise UsageError(f"no dataset {dataset!r} in {root} (there: {', '.join(there)})")
 
 
 def _too_few(groups: dict, dataset: str, names, split: str) -> str | None:
@@ -353,16 +352,16 @@ def compare(root: str | Path, a: str, b: str, datasets=None, metric: str = "f1_m
     dataset where both have at least 2 finished seeds; the others are named in a warning on stderr."""
     _check_metric(metric)
     if not 0 < alpha < 1:
-        raise ValueError(f"--alpha must lie between 0 and 1, not {alpha}")
+        raise UsageError(f"--alpha must lie between 0 and 1, not {alpha}")
     groups = seed_groups(read_runs(root), split)
     _check_names(groups, root, a, b, datasets)
     if a == b:
-        raise ValueError(f"A and B are both {a!r}: name two different models")
+        raise UsageError(f"A and B are both {a!r}: name two different models")
     if datasets:
         datasets = list(dict.fromkeys(datasets))
         for dataset in datasets:
             if reason := _too_few(groups, dataset, (a, b), split):
-                raise ValueError(reason)
+                raise UsageError(reason)
     else:
         both = [d for d in _ordered(d for d, _ in groups) if (d, a) in groups and (d, b) in groups]
         datasets = []
@@ -374,7 +373,7 @@ def compare(root: str | Path, a: str, b: str, datasets=None, metric: str = "f1_m
         if not datasets:
             counts = "; ".join(f"{m}: " + ", ".join(f"{d} {len(g)}" for (d, mm), g in groups.items() if mm == m)
                                for m in (a, b))
-            raise ValueError(f"{a} and {b} have no dataset where both have 2+ finished seeds with {split} "
+            raise UsageError(f"{a} and {b} have no dataset where both have 2+ finished seeds with {split} "
                              f"(finished seeds: {counts})")
     return [compare_one(groups, d, a, b, metric, split, alpha) for d in datasets]
 
@@ -388,22 +387,22 @@ def read_claims(path: str | Path, metric: str) -> list[dict]:
     try:
         items = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        raise UsageError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
     if not isinstance(items, list) or not items:
-        raise ValueError(f"{path}: expected a non-empty JSON list of claims like "
+        raise UsageError(f"{path}: expected a non-empty JSON list of claims like "
                          '{"a": "roberta-base", "b": "bert-base-uncased", "dataset": "acl", "claim": "a > b"}')
     claims = []
     for i, item in enumerate(items, 1):
         where = f"{path}: claim {i}"
-        if not isinstance(item, dict):  # a user's file, not a caller's bug: the CLI reports ValueErrors
-            raise ValueError(f"{where} is not an object")  # noqa: TRY004
+        if not isinstance(item, dict):  # a user's file, not a caller's bug: the CLI reports UsageErrors
+            raise UsageError(f"{where} is not an object")
         if missing := [k for k in ("a", "b", "dataset", "claim") if k not in item]:
-            raise ValueError(f"{where} lacks {', '.join(missing)}")
+            raise UsageError(f"{where} lacks {', '.join(missing)}")
         if unknown := sorted(set(item) - {"a", "b", "dataset", "metric", "claim", "note"}):
-            raise ValueError(f"{where} has unknown key(s) {', '.join(unknown)} "
+            raise UsageError(f"{where} has unknown key(s) {', '.join(unknown)} "
                              "(keys: a, b, dataset, claim, metric, note)")
         if item["claim"] not in CLAIMS:
-            raise ValueError(f"{where}: claim {item['claim']!r} is not one of {', '.join(map(repr, CLAIMS))}")
+            raise UsageError(f"{where}: claim {item['claim']!r} is not one of {', '.join(map(repr, CLAIMS))}")
         claim = {"metric": metric, **item}
         _check_metric(claim["metric"])
         claims.append(claim)
@@ -418,9 +417,9 @@ def check_claims(root: str | Path, path: str | Path, metric: str = "f1_macro", s
     when the difference is resolved, else not resolved: a difference that is resolved but smaller than
     the margin still matches. A side with fewer than 2 finished seeds gives "not resolved" and a reason."""
     if not 0 < alpha < 1:
-        raise ValueError(f"--alpha must lie between 0 and 1, not {alpha}")
+        raise UsageError(f"--alpha must lie between 0 and 1, not {alpha}")
     if not margin >= 0:
-        raise ValueError(f"--margin is in points and cannot be negative, not {margin}")
+        raise UsageError(f"--margin is in points and cannot be negative, not {margin}")
     claims = read_claims(path, metric)
     groups = seed_groups(read_runs(root), split)
     rows = []
@@ -586,16 +585,14 @@ def main(argv: list[str] | None = None):
     p = sub.add_parser("evaluate", help="score a saved checkpoint on a dataset split (torchrun works too)")
     p.add_argument("--checkpoint", required=True, help="train.py --save's <run>/model (not the run folder "
                    "itself), a transformers checkpoint, or an adapter folder")
-    import train  # the dataset flags are TrainConfig's: both CLIs spell and explain them alike
-    for f in dataclasses.fields(train.TrainConfig):
-        if f.name in ("dataset", "data_dir", *train.OWN_DATA):
-            p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **f.metadata)
+    for name, (default, help_text, kwargs) in data.FLAGS.items():  # train.py's dataset flags, spelled alike
+        p.add_argument("--" + name.replace("_", "-"), default=default, help=help_text, **kwargs)
     p.add_argument("--split", default="test")
     p.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
                    "also where the tokenizer comes from")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--max-length", type=int, default=MAX_LENGTH)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     p = sub.add_parser("summarize", help="mean ± sample std over seeds, one row per model")
@@ -651,9 +648,16 @@ def main(argv: list[str] | None = None):
             print(path)
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """main() as a command: a UsageError or a missing file is one line on stderr and exit code 2; any other
+    error (a ValueError of ours or torch's included) is a bug and keeps its traceback."""
     try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
+        main(argv)
+    except (UsageError, FileNotFoundError) as e:
         print(f"eval.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

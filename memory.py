@@ -45,6 +45,7 @@ from torch.utils.checkpoint import checkpoint
 
 import adapter as adapters  # `adapter` is the bottleneck size below
 import model as modeling
+from common import UsageError
 
 GB = 1e9  # the report's unit: 3e9 fp16 weights = 6 GB
 
@@ -103,23 +104,23 @@ OVERHEAD_NOTE = ("not included: CUDA context (~0.3-1 GB, depends on the GPU and 
 def _positive(**sizes) -> None:
     for name, value in sizes.items():
         if value is not None and (not isinstance(value, (int, float)) or value <= 0 or value != int(value)):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise UsageError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _choice(name: str, value: str, choices) -> None:
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+        raise UsageError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
 
 
 def _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement) -> None:
     _positive(batch_size=batch_size, seq_len=seq_len, adapter=adapter)
     if num_labels < 2:
-        raise ValueError(f"num_labels must be at least 2, got {num_labels}")
+        raise UsageError(f"num_labels must be at least 2, got {num_labels}")
     _choice("precision", precision, PRECISIONS)
     _choice("optimizer", optimizer, OPTIMIZERS)
     _choice("placement", placement, PLACEMENTS)
     if seq_len > cfg.max_length:
-        raise ValueError(f"seq_len {seq_len} is longer than the model's position table allows ({cfg.max_length})")
+        raise UsageError(f"seq_len {seq_len} is longer than the model's position table allows ({cfg.max_length})")
 
 
 # --------------------------------------------------------------------------- configs
@@ -144,7 +145,7 @@ def generic_config(params: float, hidden: int = 2560, layers: int | None = None,
     _positive(params=round(params), hidden=hidden, layers=layers, heads=heads, vocab=vocab, ffn=ffn)
     heads = heads or max(1, hidden // 128)
     if hidden % heads:
-        raise ValueError(f"hidden {hidden} is not a multiple of heads {heads}")
+        raise UsageError(f"hidden {hidden} is not a multiple of heads {heads}")
     cfg = modeling.Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=0, num_attention_heads=heads,
                           intermediate_size=ffn or 4 * hidden, max_position_embeddings=max_positions)
     if layers is None:
@@ -361,7 +362,7 @@ def estimate(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_l
         _positive(params=round(params))
         extra = round(params) - count.total
         if abs(extra) > 0.1 * params:  # the activations come from cfg: it must be a model of about that size
-            raise ValueError(f"the shape has {count.total:.3g} parameters, more than 10% away from "
+            raise UsageError(f"the shape has {count.total:.3g} parameters, more than 10% away from "
                              f"params={params:.3g}; choose layers/hidden near it (generic_config solves the layers)")
         count = ParamCount(count.total + extra, count.trainable + (extra if adapter is None else 0),
                            count.trainable_tensors)
@@ -473,7 +474,7 @@ def measure(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_la
     _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement)
     prec, dev = PRECISIONS[precision], torch.device(device)
     if prec.autocast is not None and dev.type == "meta":
-        raise ValueError(f"{precision} cannot be measured on the meta device (autocast has no meta backend); "
+        raise UsageError(f"{precision} cannot be measured on the meta device (autocast has no meta backend); "
                          "use device='cpu' with a small config, or 'cuda'")
     net = _build(cfg, num_labels, prec, adapter, placement, freeze_layernorm, checkpointing, dev)
     params = list(net.parameters())
@@ -691,7 +692,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         print(compare_with_report(args) if args.params is not None else compare_full_vs_adapters(args))
-    except (ValueError, FileNotFoundError) as e:
+    except (UsageError, FileNotFoundError) as e:  # a ValueError of ours or torch's is a bug: its traceback stays
         p.error(str(e))
 
 

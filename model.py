@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import UsageError
+
 ALIASES = {
     "roberta-base": "FacebookAI/roberta-base",
     "bert-base-uncased": "google-bert/bert-base-uncased",
@@ -73,16 +75,16 @@ class Config:
         if cfg.id2label is not None:
             cfg.id2label = {int(k): v for k, v in cfg.id2label.items()}
         if cfg.model_type not in ("bert", "roberta"):
-            raise ValueError(f"{source}: model_type {cfg.model_type!r} is not supported; this encoder "
+            raise UsageError(f"{source}: model_type {cfg.model_type!r} is not supported; this encoder "
                              "implements 'bert' and 'roberta' (a config without model_type is read as BERT)")
         if cfg.hidden_act != "gelu":
-            raise ValueError(f"{source}: hidden_act {cfg.hidden_act!r} is not supported "
+            raise UsageError(f"{source}: hidden_act {cfg.hidden_act!r} is not supported "
                              "(only 'gelu', the exact erf GELU)")
         if cfg.position_embedding_type != "absolute":
-            raise ValueError(f"{source}: position_embedding_type {cfg.position_embedding_type!r} is not supported "
+            raise UsageError(f"{source}: position_embedding_type {cfg.position_embedding_type!r} is not supported "
                              "(only 'absolute')")
         if cfg.hidden_size % cfg.num_attention_heads:
-            raise ValueError(f"{source}: hidden_size {cfg.hidden_size} is not a multiple of "
+            raise UsageError(f"{source}: hidden_size {cfg.hidden_size} is not a multiple of "
                              f"num_attention_heads {cfg.num_attention_heads}")
         return cfg
 
@@ -231,7 +233,7 @@ class Classifier(nn.Module):
     def __init__(self, cfg: Config, num_labels: int):
         super().__init__()
         if num_labels < 2:
-            raise ValueError(f"num_labels must be at least 2, got {num_labels}")
+            raise UsageError(f"num_labels must be at least 2, got {num_labels}")
         self.config = cfg
         self.num_labels = num_labels
         self.embeddings = Embeddings(cfg)
@@ -530,7 +532,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except Exception as e:  # noqa: BLE001  (safetensors raises several types for a corrupt file)
-        raise ValueError(f"could not read weights file {path}: it is truncated or corrupt ({_one_line(e)}). "
+        raise UsageError(f"could not read weights file {path}: it is truncated or corrupt ({_one_line(e)}). "
                          "Delete it and download or save it again.") from None
 
 
@@ -552,9 +554,9 @@ def load_torch_file(path: Path, what: str, *, refused: str, corrupt: str):
     except Exception as e:  # noqa: BLE001  (torch raises several types for a corrupt file)
         objects = _pickled_objects(path, e) if isinstance(e, pickle.UnpicklingError) else []
         if objects:
-            raise ValueError(f"refused {what} {path}: it contains pickled code or objects ({', '.join(objects)}), "
+            raise UsageError(f"refused {what} {path}: it contains pickled code or objects ({', '.join(objects)}), "
                              f"which this project never loads (it may be malicious). {refused}") from None
-        raise ValueError(f"could not read {what} {path}: it is truncated or corrupt ({_one_line(e)}). "
+        raise UsageError(f"could not read {what} {path}: it is truncated or corrupt ({_one_line(e)}). "
                          f"{corrupt}") from None
 
 
@@ -595,7 +597,7 @@ def _read_config(src: _Source) -> tuple[Config, Path]:
     try:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
     return Config.from_dict(d, source=str(path)), path
 
 
@@ -630,18 +632,18 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = No
     try:
         state = hub_to_ours(state, cfg)
     except KeyError as e:
-        raise ValueError(f"{where}: missing key {e.args[0]} (needed with its query/key/value siblings)") from None
+        raise UsageError(f"{where}: missing key {e.args[0]} (needed with its query/key/value siblings)") from None
 
     head_key = "classifier.out_proj.weight" if cfg.roberta else "classifier.weight"
     head_labels = state[head_key].shape[0] if head_key in state else None
     if num_labels is None:
         num_labels = head_labels
         if num_labels is None:
-            raise ValueError(f"{src} has no classification head: pass num_labels")
+            raise UsageError(f"{src} has no classification head: pass num_labels")
     if num_labels < 2:
-        raise ValueError(f"num_labels must be at least 2, got {num_labels}")
+        raise UsageError(f"num_labels must be at least 2, got {num_labels}")
     if head_labels is not None and head_labels != num_labels:
-        raise ValueError(f"{where} has a classification head with {head_labels} labels but num_labels="
+        raise UsageError(f"{where} has a classification head with {head_labels} labels but num_labels="
                          f"{num_labels} was asked for; pass num_labels={head_labels} (or None) to use it, "
                          f"or load the base encoder instead of this fine-tuned checkpoint")
     if cfg.id2label is not None and len(cfg.id2label) != num_labels:
@@ -652,15 +654,15 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = No
     expected = model.state_dict()
     unexpected = [k for k in state if k not in expected]
     if unexpected:
-        raise ValueError(f"{where}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all); "
+        raise UsageError(f"{where}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all); "
                          f"this checkpoint does not fit a {cfg.model_type} classifier")
     for k, t in state.items():
         if t.shape != expected[k].shape:
-            raise ValueError(f"{where}: key {k!r} has shape {tuple(t.shape)}, the config "
+            raise UsageError(f"{where}: key {k!r} has shape {tuple(t.shape)}, the config "
                              f"({cfg_path}) implies {tuple(expected[k].shape)}")
     missing = [k for k in expected if k not in state and k not in _head_keys(cfg)]
     if missing:
-        raise ValueError(f"{where}: missing key {missing[0]!r} ({len(missing)} in all); "
+        raise UsageError(f"{where}: missing key {missing[0]!r} ({len(missing)} in all); "
                          "the weights file is incomplete or belongs to another architecture")
     state = {k: t.float() if t.is_floating_point() else t for k, t in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
@@ -760,7 +762,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     where = settings_path or src
     for key, ours in (("split_special_tokens", False), ("truncation_side", "right"), ("padding_side", "right")):
         if settings.get(key, ours) != ours:
-            raise ValueError(f"{where}: {key}={settings[key]!r} is not supported (this project's tokenizer "
+            raise UsageError(f"{where}: {key}={settings[key]!r} is not supported (this project's tokenizer "
                              f"and batches use {key}={ours!r})")
     path = src.file("tokenizer.json")
     if kind is None:
@@ -785,13 +787,13 @@ def _tokenizer_kind(src: _Source, settings: dict, settings_path: Path | None) ->
     name = settings.get("tokenizer_class") or config.get("tokenizer_class")
     if name:
         if name.removesuffix("Fast") not in _TOKENIZER_CLASSES and name not in _TOKENIZER_CLASSES:
-            raise ValueError(f"{settings_path if settings.get('tokenizer_class') else config_path}: tokenizer_class "
+            raise UsageError(f"{settings_path if settings.get('tokenizer_class') else config_path}: tokenizer_class "
                              f"{name!r} is not supported; this project builds {', '.join(_TOKENIZER_CLASSES)}")
         kind = _TOKENIZER_CLASSES.get(name, _TOKENIZER_CLASSES.get(name.removesuffix("Fast")))
     elif config_path:
         kind = config.get("model_type", "bert")  # scibert's config.json has no model_type: BERT, as in load_config
         if kind not in ("bert", "roberta"):
-            raise ValueError(f"{config_path}: model_type {kind!r} is not supported (only 'bert' and 'roberta')")
+            raise UsageError(f"{config_path}: model_type {kind!r} is not supported (only 'bert' and 'roberta')")
         has = {"bert": bool(src.file("vocab.txt")), "roberta": bool(src.file("vocab.json") and src.file("merges.txt"))}
         if not src.file("tokenizer.json") and not has[kind] and any(has.values()):
             kind = "roberta" if has["roberta"] else "bert"  # only the other model's files (transformers fails)
@@ -810,7 +812,7 @@ def _vocab_and_merges(src: _Source, tokenizer_json: Path | None, model_type: str
     if tokenizer_json:
         m = _read_json(tokenizer_json)["model"]
         if m.get("type") != model_type:
-            raise ValueError(f"{tokenizer_json} holds a {m.get('type')} model, but the tokenizer class needs "
+            raise UsageError(f"{tokenizer_json} holds a {m.get('type')} model, but the tokenizer class needs "
                              f"{model_type}")
         merges = [tuple(x.split(" ")) if isinstance(x, str) else tuple(x) for x in m.get("merges", [])]
         return m["vocab"], merges
@@ -839,7 +841,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
 
 
 def _special_tokens(settings: dict, defaults: dict[str, str], vocab: dict, where) -> dict[str, str]:
@@ -850,7 +852,7 @@ def _special_tokens(settings: dict, defaults: dict[str, str], vocab: dict, where
         value = settings.get(key) or default
         out[key] = value["content"] if isinstance(value, dict) else value
         if out[key] not in vocab:
-            raise ValueError(f"{where}: {key} {out[key]!r} is not in the vocabulary")
+            raise UsageError(f"{where}: {key} {out[key]!r} is not in the vocabulary")
     return out
 
 

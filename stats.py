@@ -28,6 +28,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from common import UsageError
+
 MAX_EXACT = 100_000  # relabelings enumerated at most; beyond, Monte Carlo
 N_PERMUTATIONS = 100_000  # Monte Carlo relabelings
 N_BOOTSTRAP = 10_000
@@ -40,9 +42,9 @@ def _groups(a, b) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     for name, x in (("A", a), ("B", b)):
         if len(x) < 2:
-            raise ValueError(f"group {name} has {len(x)} value(s); a comparison needs at least 2 per side")
+            raise UsageError(f"group {name} has {len(x)} value(s); a comparison needs at least 2 per side")
         if not np.isfinite(x).all():
-            raise ValueError(f"group {name} holds a non-finite value: {x.tolist()}")
+            raise UsageError(f"group {name} holds a non-finite value: {x.tolist()}")
     return a, b
 
 

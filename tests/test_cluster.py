@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import common
 import train
 from conftest import ROOT, write_keyword_task, write_tiny_encoder
 
@@ -87,7 +88,7 @@ def result(out, name):
 
 
 def metrics(out, name):  # throughput differs from run to run, everything else must not
-    return [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"}
+    return [{k: v for k, v in json.loads(line).items() if k not in ("examples_per_s", "tokens_per_s")}
             for line in open(seed_dir(out, name) / "metrics.jsonl")]
 
 
@@ -289,10 +290,10 @@ def test_stop_signal_handler_only_sets_a_flag_and_a_second_ctrl_c_quits():
     with train.stop_on_signals():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # during setup a signal still ends the process
         train.catch_stop_signals()  # as training starts
-        assert train.agreed_stop_signal(train.Dist(0, 1, torch.device("cpu")), True) == [0, 1]
+        assert train.agreed_stop_signal(common.Dist(0, 1, torch.device("cpu")), True) == [0, 1]
         os.kill(os.getpid(), signal.SIGUSR1)
         assert train._stop_signal == signal.SIGUSR1
         assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # the kernel ends the process at once
         os.kill(os.getpid(), signal.SIGTERM)
-        assert train.agreed_stop_signal(train.Dist(0, 1, torch.device("cpu")))[0] == signal.SIGUSR1  # the first
+        assert train.agreed_stop_signal(common.Dist(0, 1, torch.device("cpu")))[0] == signal.SIGUSR1  # the first
     assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -187,7 +187,8 @@ def reference_run(ckpt, kind, data_dir, adapter_init=None, epochs=EPOCHS, batch_
             loss = F.cross_entropy(logits, labels[batch])  # the mean over the global batch
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(list(trained.values()), 1.0)
-            records.append({"loss": loss.item(), "grad_norm": min(norm.item(), 1.0),
+            records.append({"loss": loss.item(), "grad_norm": min(norm.item(), 1.0), "norm_before_clip": norm.item(),
+                            "examples": len(batch), "tokens": int(lengths[batch].sum()),  # real tokens, no padding
                             "key_bias_grad": max((trained[n].grad.abs().max().item() for n in key_bias), default=0),
                             "grad_max": max(p.grad.abs().max().item() for p in trained.values())})
             opt.step()
@@ -237,13 +238,20 @@ KEY_BIAS = "attention.self.key.bias"
 
 
 def check_steps(metrics, ref, spied=None):
-    """Per step: the logged loss and lr, and (in-process) the applied gradient's norm, against the reference."""
+    """Per step: the logged loss, lr, gradient norm (before clipping) and tokens per example, and (in-process)
+    the applied gradient's norm, against the reference."""
     logged = [r for r in metrics if r["split"] == "train"]
     assert [r["step"] for r in logged] == list(range(1, len(ref) + 1))
     for s, (got, want) in enumerate(zip(logged, ref), 1):
         # lr: train.py logs the lr after step s, i.e. the one step s + 1 will use; exact formula, exact floats
         assert got["lr"] == pytest.approx(want["lr"], rel=1e-12, abs=1e-15), f"lr after step {s}"
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), f"loss of step {s}"
+        # --log-every 1: each record's grad_norm is its own step's, clip_grad_norm_'s return value
+        assert got["grad_norm"] == pytest.approx(want["norm_before_clip"], rel=1e-4), f"grad_norm of step {s}"
+        # both rates share one wall time: their ratio is the step's real (unpadded) tokens per example
+        assert got["tokens_per_s"] > 0 and got["examples_per_s"] > 0
+        assert got["tokens_per_s"] / got["examples_per_s"] == pytest.approx(want["tokens"] / want["examples"],
+                                                                            rel=1e-9), f"tokens/s of step {s}"
     assert ref[-1]["lr"] == 0.0 and max(r["lr"] for r in ref) == pytest.approx(LR)  # the schedule is exercised
     if spied is None:
         return
