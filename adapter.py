@@ -5,7 +5,9 @@ google-research/adapter-bert): an adapter is a down-projection, a GELU, an up-pr
 residual, initialised near the identity so that training starts from the pretrained model. One
 adapter sits after the attention-output projection and one after the feed-forward output, each
 after that sub-layer's dropout and before its residual add and LayerNorm. The base is frozen;
-the adapters, every LayerNorm and the classification head are trained.
+the adapters, every LayerNorm and the classification head are trained. For BERT the head
+includes the pooler, which is our choice (`freeze_base` says why): Houlsby's code trains the
+adapters, the LayerNorms and the classifier only.
 
 The "pfeiffer" placement keeps only the feed-forward adapter, the configuration Pfeiffer et al.
 2021 ("AdapterFusion: Non-Destructive Task Composition for Transfer Learning") found to work as
