@@ -1,4 +1,4 @@
-"""`python bench/train_timed.py ARGS` runs exactly `python train.py ARGS` and reports training and evaluation time apart.
+"""`python bench/train_timed.py ARGS` runs exactly `python train.py ARGS`; it reports training and evaluation apart.
 
 train.py's result.json has `wall_time_s`: the whole seed after the model is loaded, i.e. the
 training epochs AND the evaluation train.py runs after every epoch (dev and test for acl, test for
@@ -51,7 +51,8 @@ def main(argv: list[str]) -> None:
             "dev_eval_s": last_epoch["dev"]["eval_time_s"] if "dev" in last_epoch else None,
             "wall_time_s": result["wall_time_s"], "steps": result["steps"],
             "train_examples": result["epochs"] * sizes["train"],
-            "test_examples": result["test"]["n"], **{k: result["test"][k] for k in ("accuracy", "f1_macro", "f1_micro")},
+            "test_examples": result["test"]["n"],
+            **{k: result["test"][k] for k in ("accuracy", "f1_macro", "f1_micro")},
             "optimizer": "AdamW (fused=True), train.build_optimizer",
             "peak_rss_self_bytes": result["peak_memory_bytes"],
             "torch_threads": torch.get_num_threads(),
