@@ -5,7 +5,9 @@ google-research/adapter-bert): an adapter is a down-projection, a GELU, an up-pr
 residual, initialised near the identity so that training starts from the pretrained model. One
 adapter sits after the attention-output projection and one after the feed-forward output, each
 after that sub-layer's dropout and before its residual add and LayerNorm. The base is frozen;
-the adapters, every LayerNorm and the classification head are trained.
+the adapters, every LayerNorm and the classification head are trained. For BERT the head
+includes the pooler, which is our choice (`freeze_base` says why): Houlsby's code trains the
+adapters, the LayerNorms and the classifier only.
 
 The "pfeiffer" placement keeps only the feed-forward adapter, the configuration Pfeiffer et al.
 2021 ("AdapterFusion: Non-Destructive Task Composition for Transfer Learning") found to work as
@@ -53,19 +55,18 @@ class AdapterConfig:
 
 
 class Adapter(nn.Module):
-    """x + up(act(down(x))): a bottleneck MLP around a residual (Houlsby et al. 2019, Fig. 2)."""
+    """x + up(gelu(down(x))): a bottleneck MLP around a residual (Houlsby et al. 2019, Fig. 2)."""
 
-    def __init__(self, hidden_size: int, bottleneck: int, init_scale: float = 1e-3,
-                 act: nn.Module | None = None, device=None, dtype=None):
+    def __init__(self, hidden_size: int, bottleneck: int, init_scale: float = 1e-3, device=None, dtype=None):
         super().__init__()
         self.down = nn.Linear(hidden_size, bottleneck, device=device, dtype=dtype)
-        self.act = nn.GELU() if act is None else act
+        self.act = nn.GELU()
         self.up = nn.Linear(bottleneck, hidden_size, device=device, dtype=dtype)
         self.reset_parameters(init_scale)
 
     def reset_parameters(self, init_scale: float) -> None:
         # Houlsby's near-identity init: tiny weights (normal truncated at 2 std), zero biases, so
-        # up(act(down(x))) ~ 0 and the model starts as the pretrained one.
+        # up(gelu(down(x))) ~ 0 and the model starts as the pretrained one.
         for linear in (self.down, self.up):
             nn.init.trunc_normal_(linear.weight, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
             nn.init.zeros_(linear.bias)

@@ -15,25 +15,32 @@ parameter before activations, and frozen weights DO shrink the activations autog
   costs no memory; on CUDA it also reports `torch.cuda.max_memory_allocated`.
 - `report_numbers(params)`: the report's two answers under its own assumptions.
 
-Precision modes (`PRECISIONS`): "fp32"; "amp-bf16" / "amp-fp16" = torch.autocast, as train.py
-does: fp32 parameters are the master weights, autocast casts each Linear weight to 16 bits on use
-and autograd keeps that copy for backward (the `weights` line); "bf16" = the whole model in bf16,
-no master copy. GB means 1e9 bytes throughout, as in the report.
+Precision modes (`PRECISIONS`): "fp32"; "amp-bf16" / "amp-fp16" = torch.autocast, what train.py's
+`--precision bf16` / `fp16` do: fp32 parameters are the master weights, autocast casts each Linear
+weight to 16 bits on use and autograd keeps that copy for backward (the `weights` line);
+"pure-bf16" = the whole model in bf16, no master copy (train.py has no such mode). The CLI also
+takes train.py's names with train.py's meaning (`TRAIN_PRECISIONS`: bf16 -> amp-bf16, fp16 ->
+amp-fp16); `estimate` and `measure` take only the names above. GB means 1e9 bytes throughout, as
+in the report.
 
 Checked (tests/test_memory.py): on meta and CPU the derived activations equal what autograd saves,
-byte for byte, for BERT and RoBERTa, full and adapters, fp32 / bf16 / AMP, with and without
+byte for byte, for BERT and RoBERTa, full and adapters, fp32 / pure-bf16 / AMP, with and without
 checkpointing. Those devices run the math attention path and dropout as a multiply by a mask in
 the activation dtype; the CUDA kernels (flash / memory-efficient SDPA, bool dropout masks) are
 derived from the same reading of PyTorch but not measured here: `measure(device="cuda")` does that.
 
 CLI:  python memory.py --params 3e9            # the report's numbers next to the standard accounting
-      python memory.py --model DIR_OR_HUB_ID --batch-size 64 --seq-len 128 [--adapter 64]
+      python memory.py --model DIR_OR_HUB_ID --batch-size 64 --seq-len 128 [--bottleneck 64]
+The adapter flags are train.py's: --bottleneck N, --adapter-placement {houlsby,pfeiffer},
+--freeze-layernorm, and --adapter is accepted (the adapters column is always shown). memory.py's
+old spellings still work, with a one-line note: --adapter N (= --bottleneck N), --placement P.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -62,12 +69,15 @@ PRECISIONS = {
     "fp32": Precision(4, 4, 4, None),
     "amp-bf16": Precision(4, 2, 4, torch.bfloat16),
     "amp-fp16": Precision(4, 2, 4, torch.float16),
-    "bf16": Precision(2, 2, 2, None),
+    "pure-bf16": Precision(2, 2, 2, None),
 }
+# train.py's --precision names, with train.py's meaning (autocast); fp32 is the same word in both.
+# The CLI maps them; the functions refuse them with this hint, so that old callers of "bf16" (which
+# meant pure-bf16 here) fail loudly instead of getting another mode.
+TRAIN_PRECISIONS = {"bf16": "amp-bf16", "fp16": "amp-fp16"}
 OPTIMIZERS = ("adamw", "sgd")  # sgd means SGD with momentum (plain SGD keeps no state)
 ATTENTION = ("flash", "math")  # "flash": flash or memory-efficient SDPA kernels, which save the same tensors
 DEVICES = ("cuda", "cpu", "meta")
-PLACEMENTS = ("houlsby", "pfeiffer")
 
 
 @dataclass
@@ -113,12 +123,15 @@ def _choice(name: str, value: str, choices) -> None:
 
 
 def _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement) -> None:
-    _positive(batch_size=batch_size, seq_len=seq_len, adapter=adapter)
+    _positive(batch_size=batch_size, seq_len=seq_len, **{"adapter (the bottleneck size)": adapter})
     if num_labels < 2:
         raise UsageError(f"num_labels must be at least 2, got {num_labels}")
+    if precision in TRAIN_PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: train.py's --precision {precision} (autocast) is "
+                         f"{TRAIN_PRECISIONS[precision]!r} here; the whole model in bf16 is 'pure-bf16'")
     _choice("precision", precision, PRECISIONS)
     _choice("optimizer", optimizer, OPTIMIZERS)
-    _choice("placement", placement, PLACEMENTS)
+    _choice("placement", placement, adapters.PLACEMENTS)
     if seq_len > cfg.max_length:
         raise UsageError(f"seq_len {seq_len} is longer than the model's position table allows ({cfg.max_length})")
 
@@ -582,7 +595,7 @@ def _full_and_adapters(cfg: modeling.Config, args, params: float | None = None) 
     kw = dict(num_labels=args.num_labels, precision=args.precision, optimizer=args.optimizer,
               checkpointing=args.checkpointing, attention=args.attention, params=params)
     return (estimate(cfg, args.batch_size, args.seq_len, **kw),
-            estimate(cfg, args.batch_size, args.seq_len, adapter=args.adapter, placement=args.placement,
+            estimate(cfg, args.batch_size, args.seq_len, adapter=args.bottleneck, placement=args.adapter_placement,
                      freeze_layernorm=args.freeze_layernorm, **kw))
 
 
@@ -636,7 +649,7 @@ def compare_with_report(args) -> str:
          f"hidden, {cfg.num_attention_heads} heads, FFN {cfg.intermediate_size}, vocab {cfg.vocab_size} "
          f"({_count(count_parameters(cfg).total)} parameters; the weight, gradient and optimizer rows count "
          f"the {_count(n)} of --params):"),
-        _table(["", "report full", "full", "report PEFT", f"adapters-{args.adapter}"], rows),
+        _table(["", "report full", "full", "report PEFT", f"adapters-{args.bottleneck}"], rows),
         f"  device overhead: {OVERHEAD_NOTE}",
         "", *_why(args, full, peft, rep)])
 
@@ -655,10 +668,26 @@ def compare_full_vs_adapters(args) -> str:
     return "\n".join([
         (f"{args.model}: {cfg.model_type}, {cfg.num_hidden_layers} layers x {cfg.hidden_size} hidden, "
          f"{full.params / 1e6:.1f}M parameters; {_settings(args)} (GB = 1e9 bytes)"),
-        _table(["", "full", f"adapters-{args.adapter}", "saving"], rows),
+        _table(["", "full", f"adapters-{args.bottleneck}", "saving"], rows),
         (f"  adapters save {_gb(saved)} GB = {_share(saved, full.total)} of the total; activations alone "
          f"{_share(full.activations - peft.activations, full.activations)}"),
         f"  device overhead: {OVERHEAD_NOTE}"])
+
+
+class _OldSpelling(argparse.Action):
+    """A memory.py flag renamed to train.py's name: does what `new` does, after a one-line note.
+    `--adapter` with no value is train.py's switch, which changes nothing here."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value is None:
+            return
+        print(f"{parser.prog}: note: {option_string} {value} is now {self.new} {value}, as in train.py "
+              "(the old spelling still works)", file=sys.stderr)
+        setattr(namespace, self.dest, value)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -672,12 +701,21 @@ def main(argv: list[str] | None = None) -> None:
                       + ", ".join([*modeling.ALIASES, *modeling.PACKAGE_ALIASES]))
     p.add_argument("--batch-size", type=int, default=64, help="examples per batch (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per example (default: %(default)s)")
-    p.add_argument("--adapter", type=int, default=64,
+    # The adapter flags are train.py's (the adapters column is always shown, so --adapter changes nothing).
+    p.add_argument("--adapter", action=_OldSpelling, new="--bottleneck", dest="bottleneck", nargs="?", type=int,
+                   metavar="N", default=argparse.SUPPRESS, help="accepted as in train.py; the adapters column is "
+                   "always shown (--adapter N: memory.py's old spelling of --bottleneck N)")
+    p.add_argument("--bottleneck", type=int, default=64, metavar="N",
                    help="bottleneck of the adapters to compare with (default: %(default)s)")
-    p.add_argument("--placement", default="houlsby", choices=PLACEMENTS, help="adapter placement (default: %(default)s)")
+    p.add_argument("--adapter-placement", default="houlsby", choices=adapters.PLACEMENTS,
+                   help="houlsby: after attention and FFN; pfeiffer: after FFN only (default: %(default)s)")
+    p.add_argument("--placement", action=_OldSpelling, new="--adapter-placement", dest="adapter_placement",
+                   choices=adapters.PLACEMENTS, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--freeze-layernorm", action="store_true", help="adapters with frozen LayerNorms")
-    p.add_argument("--precision", default="amp-bf16", choices=list(PRECISIONS), help="amp-*: torch.autocast over "
-                   "fp32 parameters, as train.py; bf16: the whole model in bf16 (default: %(default)s)")
+    p.add_argument("--precision", default="amp-bf16", choices=[*PRECISIONS, *TRAIN_PRECISIONS],
+                   help="amp-bf16, amp-fp16: torch.autocast over fp32 parameters, what train.py's --precision "
+                   "bf16 and fp16 do (bf16 and fp16 are accepted here with that meaning); pure-bf16: the whole model "
+                   "in bf16, no master copy (default: %(default)s)")
     p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
                    help="sgd: SGD with momentum (default: %(default)s)")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing, one checkpoint per layer")
@@ -690,6 +728,10 @@ def main(argv: list[str] | None = None) -> None:
     shape.add_argument("--vocab", type=int, default=50265, help="vocabulary size (default: %(default)s, roberta's)")
     shape.add_argument("--ffn", type=int, help="feed-forward size (default: 4 x hidden)")
     args = p.parse_args(argv)
+    if args.precision == "bf16":  # memory.py's own "bf16" used to mean pure-bf16: say which one this is
+        print(f"{p.prog}: note: --precision bf16 is train.py's bf16 autocast, amp-bf16 here (the whole model in "
+              "bf16 is pure-bf16)", file=sys.stderr)
+    args.precision = TRAIN_PRECISIONS.get(args.precision, args.precision)
     try:
         print(compare_with_report(args) if args.params is not None else compare_full_vs_adapters(args))
     except (UsageError, FileNotFoundError) as e:  # a ValueError of ours or torch's is a bug: its traceback stays

@@ -189,7 +189,8 @@ def tabulate(records: list[dict]) -> str:
 
 
 def goals(med: dict, quality: dict) -> str:
-    """The issue's goals, checked against this dataset's numbers (speed-ups on train+eval time)."""
+    """The project's speed targets (bench/RESULTS.md, Summary), checked against this dataset's numbers
+    (speed-ups on train+eval time)."""
     lines = []
 
     def check(v, base, target):

@@ -2,12 +2,14 @@
 
 - grouped: `data.train_batches` (length-grouped), each batch padded to its longest, rounded up to
            --multiple-of (8, as train.py does on GPUs; 1 is what it does on CPUs)
-- random:  plain shuffled batches, each padded to its longest, rounded up the same way
+- random:  `data.train_batches(group_by_length=False)`, what `train.py --random-batches` trains on:
+           plain shuffled batches, each padded to its longest, rounded up the same way
 - fixed:   every sequence padded to max_length (what `padding="max_length"` does)
 
 Padding is counted from the attention masks `data.collate` really builds, averaged over epochs.
 
     python bench/padding.py --data-dir ../shared/data --tokenizer ../shared/tokenizers/bert-base-uncased
+    python bench/padding.py --data-dir ../shared/data --tokenizer minilm --batch-size 32 --multiple-of 1
 """
 import argparse
 import sys
@@ -32,7 +34,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     here = Path(__file__).resolve().parents[1]
     p.add_argument("--data-dir", default=str(here.parent / "shared" / "data"))
-    p.add_argument("--tokenizer", default=str(here.parent / "shared" / "tokenizers" / "bert-base-uncased"))
+    p.add_argument("--tokenizer", default=str(here.parent / "shared" / "tokenizers" / "bert-base-uncased"),
+                   help="a tokenizer folder, or a model alias (minilm: the installed MiniLM package)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=5, help="average over this many epochs (seed 0)")
@@ -50,11 +53,9 @@ def main():
         n, B = len(enc), args.batch_size
         grouped, random = [], []
         for epoch in range(args.epochs):
-            grouped.append(padding_fraction(enc, data.train_batches(enc.lengths, B, 0, epoch), args.max_length,
-                                             args.multiple_of))
-            perm = np.random.default_rng([0, epoch]).permutation(n)
-            random.append(padding_fraction(enc, [perm[i:i + B] for i in range(0, n, B)], args.max_length,
-                                            args.multiple_of))
+            for shares, by_length in ((grouped, True), (random, False)):
+                batches = data.train_batches(enc.lengths, B, 0, epoch, group_by_length=by_length)
+                shares.append(padding_fraction(enc, batches, args.max_length, args.multiple_of))
         fixed = 1 - enc.lengths.sum() / (n * args.max_length)
         print(f"| {name} | {n} | {enc.lengths.mean():.1f} "
               f"| {np.mean(grouped):.1%} | {np.mean(random):.1%} | {fixed:.1%} |")

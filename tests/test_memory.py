@@ -5,6 +5,8 @@ Big shapes run on the meta device (no memory, shapes only). Autocast has no meta
 AMP checks use tiny configs on CPU, with `device="cpu"` in `estimate` so both count the same kernels.
 """
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from torch import nn
 import adapter
 import memory
 import model
+import train
 
 ROBERTA_BASE = model.Config(model_type="roberta", vocab_size=50265, hidden_size=768, num_hidden_layers=12,
                             num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514,
@@ -50,7 +53,7 @@ def test_count_parameters_is_the_real_model(kind, settings):
     assert count.trainable_tensors == len(trainable)
 
 
-@pytest.mark.parametrize("precision,optimizer", [("fp32", "adamw"), ("bf16", "sgd")])
+@pytest.mark.parametrize("precision,optimizer", [("fp32", "adamw"), ("pure-bf16", "sgd")])
 @pytest.mark.parametrize("bottleneck", [None, 64])
 def test_state_terms_equal_the_real_objects_after_a_step(precision, optimizer, bottleneck):
     est, real = both(ROBERTA_BASE, 2, 16, "meta", precision=precision, optimizer=optimizer, adapter=bottleneck)
@@ -87,7 +90,7 @@ def test_activations_match_what_autograd_saves(cfg, batch, length, bottleneck):
     assert real.activations / est.activations == pytest.approx(1, abs=0.05)
 
 
-@pytest.mark.parametrize("settings", [{"precision": "bf16"}, {"checkpointing": True},
+@pytest.mark.parametrize("settings", [{"precision": "pure-bf16"}, {"checkpointing": True},
                                       {"adapter": 64, "checkpointing": True},
                                       {"adapter": 32, "placement": "pfeiffer", "freeze_layernorm": True}])
 def test_activations_match_in_other_settings(settings):
@@ -161,7 +164,7 @@ def test_cli_params_prints_both_accountings(capsys):
 
 
 def test_cli_model_prints_full_vs_adapters(capsys, minilm_dir):
-    memory.main(["--model", str(minilm_dir), "--batch-size", "64", "--seq-len", "128", "--adapter", "64"])
+    memory.main(["--model", str(minilm_dir), "--batch-size", "64", "--seq-len", "128", "--bottleneck", "64"])
     out = capsys.readouterr().out
     assert "adapters-64" in out and "adapters save" in out and "22.7M parameters" in out
 
@@ -175,3 +178,65 @@ def test_cli_errors(capsys, argv, message):
     with pytest.raises(SystemExit):
         memory.main(argv)
     assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- one vocabulary with train.py
+
+
+def _cli(capsys, argv):
+    memory.main(argv)
+    return capsys.readouterr()
+
+
+def test_cli_takes_train_py_adapter_flags_and_the_old_spellings(capsys, minilm_dir):
+    """train.py's --bottleneck and --adapter-placement (and its --adapter switch, which changes nothing
+    here); memory.py's old --adapter N and --placement give the same table, with a note naming the new flag."""
+    base = ["--model", str(minilm_dir)]
+    new = _cli(capsys, [*base, "--adapter", "--bottleneck", "32", "--adapter-placement", "pfeiffer"])
+    assert new.err == "" and "adapters-32" in new.out
+    old = _cli(capsys, [*base, "--adapter", "32", "--placement", "pfeiffer"])
+    assert old.out == new.out
+    assert "--adapter 32 is now --bottleneck 32" in old.err
+    assert "--placement pfeiffer is now --adapter-placement pfeiffer" in old.err
+    peft = memory.estimate(model.load_config(minilm_dir), 64, 128, adapter=32, placement="pfeiffer")
+    (trainable,) = [line.split() for line in new.out.splitlines() if line.startswith("  trainable parameters")]
+    assert trainable[3] == f"{peft.trainable / 1e6:.2f}M"  # the placement reached estimate
+    assert _cli(capsys, [*base, "--bottleneck", "32"]).out != new.out  # houlsby, the default, is another table
+
+
+def test_cli_precision_takes_train_py_names_with_train_py_meaning(capsys, minilm_dir):
+    """train.py's bf16 and fp16 are autocast over fp32 weights: amp-bf16 and amp-fp16 here; the whole
+    model in bf16 is pure-bf16, which keeps no fp32 master copy."""
+    base = ["--model", str(minilm_dir)]
+    for train_name, ours in (("bf16", "amp-bf16"), ("fp16", "amp-fp16"), ("fp32", "fp32")):
+        got = _cli(capsys, [*base, "--precision", train_name])
+        assert got.out == _cli(capsys, [*base, "--precision", ours]).out, train_name
+        assert f"; {ours}, adamw," in got.out.splitlines()[0]
+    note = _cli(capsys, [*base, "--precision", "bf16"]).err  # the one name whose meaning here changed says so
+    assert "amp-bf16" in note and "pure-bf16" in note
+    master = {}
+    for name in ("bf16", "pure-bf16"):
+        (row,) = [line for line in _cli(capsys, [*base, "--precision", name]).out.splitlines()
+                  if line.startswith("  master weights")]
+        master[name] = float(row.split()[-3])  # the full fine-tuning column
+    assert master["bf16"] > 0 and master["pure-bf16"] == 0
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_estimate_refuses_train_py_names_saying_which_mode_they_are(name):
+    """In Python, "bf16" meant pure bf16 before: refused, never silently another mode."""
+    with pytest.raises(ValueError, match=f"'amp-{name}' here"):
+        memory.estimate(ROBERTA_BASE, 8, 128, precision=name)
+
+
+def test_every_cli_offers_the_placements_adapter_py_defines(capsys, monkeypatch):
+    """The placement names are defined once (adapter.PLACEMENTS): memory.py and train.py offer exactly
+    those, and memory.py can estimate each."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    for parse in (memory.main, train.parse_args):
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        assert set(re.findall(r"--adapter-placement \{([\w,-]+)\}", capsys.readouterr().out)) == {
+            ",".join(adapter.PLACEMENTS)}, parse
+    for placement in adapter.PLACEMENTS:
+        assert memory.estimate(ROBERTA_BASE, 8, 128, adapter=8, placement=placement).trainable > 0

@@ -49,7 +49,7 @@ def test_estimate_total_is_the_sum_of_its_lines(device):
 
 
 def test_measure_total_is_the_sum_of_its_lines():
-    for settings in ({}, {"adapter": 16}, {"optimizer": "sgd", "precision": "bf16"}):
+    for settings in ({}, {"adapter": 16}, {"optimizer": "sgd", "precision": "pure-bf16"}):
         b = memory.measure(SMALL, 2, 16, **{"precision": "fp32", **settings})
         assert min(b.weights, b.gradients, b.optimizer, b.activations) > 0, settings
         assert b.total == sum(getattr(b, f) for f in FIELDS), settings
@@ -67,7 +67,7 @@ def _rows(text: str) -> dict[str, list[str]]:
 
 def test_cli_total_row_is_the_sum_of_the_rows_above(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(ROBERTA_BASE_CONFIG))
-    for extra in ([], ["--precision", "fp32", "--optimizer", "sgd"], ["--checkpointing", "--placement", "pfeiffer"]):
+    for extra in ([], ["--precision", "fp32", "--optimizer", "sgd"], ["--checkpointing", "--adapter-placement", "pfeiffer"]):
         memory.main(["--model", str(tmp_path), *extra])
         rows = _rows(capsys.readouterr().out)
         lines = [v for k, v in rows.items() if k.split(" (")[0] in
@@ -96,7 +96,7 @@ _SMALL = dict(vocab_size=99, hidden_size=64, num_hidden_layers=2, num_attention_
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
-@pytest.mark.parametrize("precision,bottleneck", [("fp32", None), ("amp-bf16", None), ("bf16", None), ("amp-bf16", 8)])
+@pytest.mark.parametrize("precision,bottleneck", [("fp32", None), ("amp-bf16", None), ("pure-bf16", None), ("amp-bf16", 8)])
 def test_flash_path_equals_what_autograd_saves(kind, precision, bottleneck):
     """Without attention dropout the CPU runs SDPA's flash kernel, which saves what estimate's flash
     path derives (q, k, v, the output, the mask, the logsumexp): byte for byte."""
