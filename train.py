@@ -56,6 +56,7 @@ import adapter
 import data
 import eval as evaluation
 import model
+from adapter import PLACEMENTS  # the name `adapter` is also a TrainConfig field
 from common import (
     MAX_LENGTH,
     PRECISIONS,
@@ -106,7 +107,7 @@ class TrainConfig:
     bottleneck: int | None = opt(None, "adapter bottleneck size (default: 64; needs --adapter)", type=int)
     adapter_placement: str | None = opt(None, "houlsby: after attention and FFN; pfeiffer: after FFN only "
                                               "(default: houlsby; needs --adapter)",
-                                        choices=("houlsby", "pfeiffer"))
+                                        choices=PLACEMENTS)
     freeze_layernorm: bool = opt(False, "with --adapter: freeze LayerNorms too (AdapterHub's recipe)")
     seeds: list[int] = opt((1,), "seeds to run one after another", type=int, nargs="+")  # noqa: RUF009
     epochs: int | None = opt(None, "epochs (default: the report's, per dataset)", type=int)
@@ -378,7 +379,7 @@ class Run:
 
         self.steps_per_epoch = math.ceil(len(splits["train"]) / cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps, world.device)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps)
         self.scaler = torch.amp.GradScaler(world.device.type, enabled=self.dtype == torch.float16)
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
         self.skipped_steps = 0  # fp16 steps whose update the GradScaler skipped (inf/NaN gradients)
@@ -486,15 +487,19 @@ class Run:
     def evaluate(self, epoch: int) -> dict:
         results = {}
         for split in [s for s in self.splits if s != "train"]:  # dev (acl) and test
+            start = time.perf_counter()
             metrics = evaluation.evaluate(self.model, self.splits[split], len(self.labels), pad_id=self.pad_id,
-                                    device=self.world.device, batch_size=self.cfg.eval_batch_size,
-                                    max_length=self.cfg.max_length, autocast=self.autocast, rank=self.world.rank,
-                                    world_size=self.world.world_size, reduce=all_reduce_sum)
+                                          device=self.world.device, batch_size=self.cfg.eval_batch_size,
+                                          max_length=self.cfg.max_length, autocast=self.autocast,
+                                          rank=self.world.rank, world_size=self.world.world_size,
+                                          reduce=all_reduce_sum)
             results[split] = metrics
             self.log({"step": self.step, "epoch": epoch, "split": split,
-                      **{k: metrics[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")}})
+                      **{k: metrics[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")},
+                      "eval_time_s": time.perf_counter() - start})  # bench/train_timed.py reads it
             print0(f"epoch {epoch} {split:>4} | loss {metrics['loss']:.4f} | acc {100 * metrics['accuracy']:.2f} "
-                   f"| macro-F1 {100 * metrics['f1_macro']:.2f} | micro-F1 {100 * metrics['f1_micro']:.2f} | n {metrics['n']}")
+                   f"| macro-F1 {100 * metrics['f1_macro']:.2f} | micro-F1 {100 * metrics['f1_micro']:.2f} "
+                   f"| n {metrics['n']}")
         return results
 
     def log_train(self, epoch_progress: float, examples_since: int, tokens_since: int, seconds: float, bar) -> None:
@@ -664,7 +669,7 @@ class Run:
 # ----------------------------------------------------------------------------- the optimizer and run-folder files
 
 
-def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device):
+def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int):
     """AdamW over trainable parameters only (frozen ones get no state); decay only weight matrices."""
     params = [p for p in net.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},

@@ -122,7 +122,7 @@ def run_variant(net, batches: list[dict], warmup: int, device: torch.device, com
     """Warm up (and compile), then time the remaining batches; tokens/s and seconds."""
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer, _ = train.build_optimizer(net, train.TrainConfig(dataset="agnews", lr=1e-5, weight_decay=0.01),
-                                         total_steps=len(batches), device=device)
+                                         total_steps=len(batches))
     fn = torch.compile(net) if compile else net
     net.train()
 

@@ -60,7 +60,7 @@ def logits_of(net, batch: dict) -> torch.Tensor:
 def make_optimizer(net: torch.nn.Module, kind: str, lr: float):
     """fused: train.py's build_optimizer itself. foreach: the same groups and schedule, foreach kernel."""
     cfg = train.TrainConfig(dataset="restaurant", lr=lr, weight_decay=0.01, warmup_ratio=0.0)
-    optimizer, scheduler = train.build_optimizer(net, cfg, total_steps=10**6, device=torch.device("cpu"))
+    optimizer, scheduler = train.build_optimizer(net, cfg, total_steps=10**6)
     if kind == "foreach":
         optimizer = torch.optim.AdamW(optimizer.param_groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, scheduler.lr_lambdas[0])

@@ -108,6 +108,15 @@ def real_texts(data_dir: Path, acl_split: str, n_acl: int, n_agnews: int, restau
     return singles, pairs[:n_pairs]
 
 
+# metrics.jsonl keys that measure time, which differs from run to run; everything else must not
+TIMINGS = ("examples_per_s", "tokens_per_s", "eval_time_s")
+
+
+def without_timings(records: list[dict]) -> list[dict]:
+    """metrics.jsonl records without TIMINGS: what two runs of the same training must agree on exactly."""
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
+
+
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

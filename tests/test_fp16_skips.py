@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import train
-from conftest import write_keyword_task, write_tiny_encoder
+from conftest import without_timings, write_keyword_task, write_tiny_encoder
 
 SKIPPED = {0, 1, 2, 6}  # step indices (0-based): three inside the warm-up, one after it
 STEPS, WARMUP = 12, 4  # 96 examples / batch 16 = 6 steps per epoch, 2 epochs; ceil(0.3 * 12) = 4
@@ -127,7 +127,7 @@ def test_resume_keeps_the_skipped_count(task, tmp_path, overflows, monkeypatch, 
     (resumed,) = train.main(argv(task, tmp_path / "cut", "--checkpoint-every", "4", "--resume"))
     assert overflows == ref_lrs
     assert resumed["skipped_steps"] == ref["skipped_steps"] == len(SKIPPED) and resumed["test"] == ref["test"]
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("examples_per_s", "tokens_per_s")} for r in rs]
+    strip = without_timings
     assert strip(train_records(tmp_path / "cut" / "acl" / "enc" / "seed1")) == strip(train_records(uninterrupted["dir"]))
 
 

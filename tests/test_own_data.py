@@ -18,7 +18,7 @@ import pytest
 import data
 import eval as evaluation
 import train
-from conftest import ROOT, hub_cache, write_keyword_task, write_tiny_encoder
+from conftest import ROOT, hub_cache, without_timings, write_keyword_task, write_tiny_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -356,7 +356,7 @@ def reference(small, enc, tmp_path_factory):
 
 
 def metrics_lines(path):
-    return [{k: v for k, v in json.loads(line).items() if k not in ("examples_per_s", "tokens_per_s")} for line in path.read_text().splitlines()]
+    return without_timings([json.loads(line) for line in path.read_text().splitlines()])
 
 
 @pytest.mark.parametrize("name, fmt", [("acl", "csv"), ("restaurant", "jsonl")])

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from conftest import ROOT, write_keyword_task, write_tiny_encoder
+from conftest import ROOT, without_timings, write_keyword_task, write_tiny_encoder
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,7 @@ def test_learns_the_keyword_task(task, tmp_path, batches):
     records = read_metrics(seed_dir(tmp_path) / "metrics.jsonl")
     evals = [r for r in records if r["split"] == "test"]
     assert [r["epoch"] for r in evals] == list(range(1, 13))
+    assert all(r["eval_time_s"] > 0 for r in evals)  # each evaluation's own seconds (bench/train_timed.py reads them)
     assert evals[-1]["accuracy"] == result["test"]["accuracy"]  # the LAST epoch, not the best one
     train_losses = [r["loss"] for r in records if r["split"] == "train"]
     assert train_losses[-1] < 0.5 * train_losses[0]
@@ -157,7 +158,7 @@ def test_kill_and_resume_equals_uninterrupted(task, tmp_path):
     ra = json.loads((seed_dir(tmp_path / "ref", "enc_dropout") / "result.json").read_text())
     rb = json.loads((run / "result.json").read_text())
     assert ra["test"] == rb["test"] and ra["dev"] == rb["dev"]
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("examples_per_s", "tokens_per_s")} for r in rs]
+    strip = without_timings
     assert strip(read_metrics(run / "metrics.jsonl")) == strip(read_metrics(seed_dir(tmp_path / "ref", "enc_dropout")
                                                                             / "metrics.jsonl"))
 
