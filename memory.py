@@ -52,7 +52,7 @@ from torch.utils.checkpoint import checkpoint
 
 import adapter as adapters  # `adapter` is the bottleneck size below
 import model as modeling
-from common import UsageError
+from common import UsageError, autocast
 
 GB = 1e9  # the report's unit: 3e9 fp16 weights = 6 GB
 
@@ -495,9 +495,8 @@ def measure(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_la
     labels = torch.randint(0, num_labels, (batch_size,), device=dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    autocast = torch.autocast(dev.type, dtype=prec.autocast) if prec.autocast else contextlib.nullcontext()
     with _SavedTensors(params) as saved:
-        with autocast:
+        with autocast(prec.autocast, dev)():  # train.py's own autocast context
             logits = net(ids, torch.ones_like(ids))
         loss = F.cross_entropy(logits.float(), labels)  # as train.py: the loss in fp32, outside autocast
     activations, copies = saved.bytes()
