@@ -42,7 +42,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from common import ROOT, machine, mean_std, minilm_dir, table  # first: it puts the project on sys.path
+from benchlib import ROOT, machine, mean_std, minilm_dir, table  # first: it puts the project on sys.path
 
 # isort: split
 import data

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import table  # first: it puts the project on sys.path
+from benchlib import table  # first: it puts the project on sys.path
 
 # isort: split
 import data

@@ -36,7 +36,7 @@ import time
 import numpy as np
 import torch
 
-from common import minilm_dir  # first: it puts the project on sys.path
+from benchlib import minilm_dir  # first: it puts the project on sys.path
 
 # isort: split
 import data

@@ -24,8 +24,6 @@ the run. The eval rows time a forward pass in eval mode under inference_mode.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import statistics
 import time
@@ -33,9 +31,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import machine, minilm_dir, table  # first: it puts the project on sys.path
+from benchlib import machine, minilm_dir, table  # first: it puts the project on sys.path
 
 # isort: split
+import common
 import model
 import train
 
@@ -170,8 +169,7 @@ def main():
     ours, theirs = build_models(path, num_labels=3)
     vocab = ours.config.vocab_size
     max_diff = check_same_outputs(ours, theirs, vocab)
-    autocast = (functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16) if args.precision == "bf16"
-                else contextlib.nullcontext)
+    autocast = common.autocast(torch.bfloat16 if args.precision == "bf16" else None, torch.device("cpu"))
     a = Trainee(ours, args.optimizer, args.lr, autocast)
     b = Trainee(theirs, args.optimizer, args.lr, autocast)
 

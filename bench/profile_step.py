@@ -10,15 +10,14 @@ numbers in bench/RESULTS.md: matrix multiplies, dropout's random masks, dtype ca
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from common import minilm_dir, table  # first: it puts the project on sys.path
+from benchlib import minilm_dir, table  # first: it puts the project on sys.path
 
 # isort: split
+import common
 import model
 from model_step import Trainee, random_batch
 
@@ -47,8 +46,7 @@ def main():
 
     torch.manual_seed(0)
     net = model.from_pretrained(args.model or minilm_dir(), num_labels=3)
-    autocast = (functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16) if args.precision == "bf16"
-                else contextlib.nullcontext)
+    autocast = common.autocast(torch.bfloat16 if args.precision == "bf16" else None, torch.device("cpu"))
     trainee = Trainee(net, "fused", 1e-4, autocast)
     gen = torch.Generator().manual_seed(0)
     batches = [random_batch(args.batch_size, args.length, net.config.vocab_size, gen) for _ in range(args.steps + 2)]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401  (puts the project root on sys.path)
+import benchlib  # noqa: F401  (puts the project root on sys.path)
 
 # isort: split
 import train
