@@ -509,6 +509,12 @@ def read_own(files: dict[str, Path], *, text_column: str = "text", text_pair_col
     return names, examples
 
 
+def from_hub(dataset: str | None, data_dir: str | os.PathLike | None) -> bool:
+    """Whether --dataset (with this --data-dir) reads its files from the Hub: a registered dataset without a
+    local folder, or a hub:owner/name repo."""
+    return (dataset in DATASETS and data_dir is None) or (dataset or "").startswith("hub:")
+
+
 def open_dataset(dataset: str | None = None, *, data_dir: str | os.PathLike | None = None,
                  train_file: str | None = None, dev_file: str | None = None, test_file: str | None = None,
                  test_fraction: float | None = None, text_column: str = "text", text_pair_column: str | None = None,

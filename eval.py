@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import adapter
 import data
 import model
 import stats
@@ -115,7 +116,6 @@ def evaluate(net: torch.nn.Module, enc: data.Encoded, num_classes: int, *, pad_i
 def load_checkpoint(directory: str | Path, base: str | None = None):
     """(model, tokenizer) for a folder written by `train.py --save`, by transformers, or by
     adapter.save_adapters (the base encoder named in adapter_config.json, or `base`, plus the adapters)."""
-    import adapter
     run = Path(directory)
     if (run / "metrics.jsonl").is_file() and not (run / "model.safetensors").is_file():  # train.py's run folder
         if (run / "model").is_dir():
@@ -143,6 +143,9 @@ def check_labels(net: model.Classifier, labels: list[str], dataset: str, directo
 
 def evaluate_command(args) -> dict:
     with distributed(args.device) as world:
+        # one quick probe when the data (or an adapter's base) may come from the Hub: offline, the cache only
+        model.cache_only_if_offline(data.from_hub(args.dataset, args.data_dir) or model.hub_repo(
+            args.base or args.checkpoint) is not None or adapter.is_adapter_dir(args.checkpoint))
         net, tok = load_checkpoint(args.checkpoint, args.base)
         if args.dataset in data.DATASETS:  # refuse a checkpoint for other labels before reading or downloading
             check_labels(net, data.DATASETS[args.dataset].labels, args.dataset, args.checkpoint)
@@ -536,6 +539,9 @@ def plot(root: str | Path, out: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     seeds = read_runs(root)
+    if not any(s.records for s in seeds):  # curves come from metrics.jsonl; result.json alone has none
+        raise UsageError(f"{root} holds no metrics.jsonl records to draw (its {len(seeds)} seed folder(s) have "
+                         "none): plot needs the runs train.py wrote; summarize and compare need only result.json")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = sorted({s.model for s in seeds})
@@ -587,12 +593,14 @@ def main(argv: list[str] | None = None):
                    "itself), a transformers checkpoint, or an adapter folder")
     for name, (default, help_text, kwargs) in data.FLAGS.items():  # train.py's dataset flags, spelled alike
         p.add_argument("--" + name.replace("_", "-"), default=default, help=help_text, **kwargs)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="the split to score (default: %(default)s)")
     p.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
                    "also where the tokenizer comes from")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-length", type=int, default=MAX_LENGTH)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--batch-size", type=int, default=128, help="per-rank batch size (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=MAX_LENGTH,
+                   help="truncate to this many tokens; use the run's own (default: %(default)s, as train.py's)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="as train.py's --precision (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     p = sub.add_parser("summarize", help="mean ± sample std over seeds, one row per model")
@@ -656,6 +664,9 @@ def cli(argv: list[str] | None = None) -> int:
     except (UsageError, FileNotFoundError) as e:
         print(f"eval.py: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `eval.py summarize runs/ | head`: the reader left, which is not an error
+        sys.stdout = None  # nothing more to flush at exit (that would raise again)
+        return 0
     return 0
 
 

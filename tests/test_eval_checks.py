@@ -144,3 +144,13 @@ def test_each_plot_panel_draws_the_metric_it_names(tmp_path, monkeypatch):
         assert sorted(line.get_label() for line in ax.get_lines()) == (
             ["bert (3)", "bert-adapter (2)"] if dataset == "acl" else ["bert (2)"])
         _check_panel(ax, runs, dataset, "test", metrics[title], "epoch")
+
+
+def test_plot_without_metrics_records_is_one_line_not_blank_figures(tmp_path, capsys):
+    """A runs folder of result.json files only (as experiments/runs_from_csv.py writes): nothing to draw."""
+    seed = tmp_path / "runs" / "acl" / "minilm" / "seed1"
+    seed.mkdir(parents=True)
+    (seed / "result.json").write_text(json.dumps({"test": {"accuracy": 0.5, "f1_macro": 0.2}}))
+    assert evaluation.cli(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "fig")]) == 2
+    assert "holds no metrics.jsonl records to draw" in capsys.readouterr().err
+    assert not (tmp_path / "fig").exists()  # no blank PNGs

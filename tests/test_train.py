@@ -230,6 +230,20 @@ def test_roberta_adapter_run_saves_only_adapters(task, tmp_path):
     assert sum(t.numel() for t in _weights(saved.parent, adapter=True).values()) == result["trainable_params"]
 
 
+def test_a_single_step_run_says_it_learns_nothing(task, tmp_path, capsys):
+    """One optimizer step in all: warm-up gives it lr 0 (as transformers' schedule does), so the weights
+    do not move; the run says so instead of silently returning the base model."""
+    (result,) = train.main(args(task, tmp_path, "--batch-size", "512", "--save", epochs=1))
+    assert result["steps"] == 1
+    assert "make 1 optimizer step, and warm-up starts at lr 0" in capsys.readouterr().out
+    (record,) = [r for r in read_metrics(seed_dir(tmp_path) / "metrics.jsonl") if r["split"] == "train"]
+    assert record["lr"] == 0.0
+    base, trained = load_file(task["enc"] / "model.safetensors"), _weights(seed_dir(tmp_path))
+    assert all(torch.equal(base[k], trained[k]) for k in base)  # lr 0: the encoder is the base, to the bit
+    train.main(args(task, tmp_path / "two", "--batch-size", "256", epochs=1))  # 2 steps: no note
+    assert "warm-up starts at lr 0" not in capsys.readouterr().out
+
+
 def test_nan_loss_stops_with_a_clear_message(task, tmp_path):
     out = run_cli(args(task, tmp_path, "--lr", "1e4", "--max-grad-norm", "0", "--precision", "fp16"))
     assert out.returncode == 2
