@@ -271,6 +271,18 @@ def test_load_onto_other_weights_fails(saved_bert, base_dirs):
         adapter.from_pretrained(saved_bert, base=base_dirs["bert", 1])
 
 
+@pytest.mark.parametrize("name", ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+                                  "encoder.layer.0.attention.self.qkv.weight", "encoder.layer.1.output.dense.bias"])
+def test_any_frozen_tensor_changed_is_other_base_weights(saved_bert, base_dirs, name):
+    """The fingerprint covers every frozen parameter (adapter.base_fingerprint's docstring), embeddings included:
+    one element changed by 1e-3 anywhere in the frozen base is another base."""
+    other = model.from_pretrained(base_dirs["bert", 0], NUM_LABELS)
+    with torch.no_grad():
+        other.get_parameter(name).view(-1)[0] += 1e-3
+    with pytest.raises(ValueError, match="other base weights"):
+        adapter.load_adapters(other, saved_bert)
+
+
 def test_load_onto_other_architecture_or_labels_fails(saved_bert, base_dirs):
     with pytest.raises(ValueError, match="model_type=bert, but this model has model_type=roberta"):
         adapter.load_adapters(model.from_pretrained(base_dirs["roberta", 0], NUM_LABELS), saved_bert)

@@ -9,6 +9,7 @@ import matplotlib.figure
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import data
 import eval as evaluation
@@ -47,9 +48,12 @@ def _evaluate(files, names):
     ["positive", "neutral", "negative", "World", "Sports", "Business"],  # six names, another task's
     ACL[1:] + ACL[:1],  # acl's own names in another order: class ids would mean other classes
     [*ACL[:5], "background"],  # one name differs
-], ids=["other-names", "permuted", "one-differs"])
+    ["LABEL_0", *ACL[1:]],  # one default name among real ones: the real ones still have to agree
+], ids=["other-names", "permuted", "one-differs", "one-default"])
 def test_evaluate_refuses_other_label_names(files, names):
     assert len(names) == len(ACL)
+    if names[0] == "LABEL_0":
+        names = ["LABEL_0", *ACL[:5]]  # LABEL_0 then acl's names shifted: only all-default names are meaningless
     with pytest.raises(ValueError, match=r"labels its classes .* acl has .*index = class id") as e:
         _evaluate(files, names)
     assert str(names) in str(e.value) and str(ACL) in str(e.value)
@@ -154,3 +158,29 @@ def test_plot_without_metrics_records_is_one_line_not_blank_figures(tmp_path, ca
     assert evaluation.cli(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "fig")]) == 2
     assert "holds no metrics.jsonl records to draw" in capsys.readouterr().err
     assert not (tmp_path / "fig").exists()  # no blank PNGs
+
+
+def test_bf16_evaluation_runs_under_autocast_and_scores_fp32_logits(files):
+    """eval.evaluate under train.py's bf16 autocast: the forward runs in bf16 (its loss differs from fp32's),
+    and the loss is cross-entropy of the logits cast to fp32, summed in float64 (a reference loop over the
+    same batches; bf16 cross-entropy would be off by about 1e-3)."""
+    import common
+    torch.manual_seed(0)
+    net = model.from_pretrained(files["enc"], num_labels=6).eval()
+    tok = model.load_tokenizer(files["enc"])
+    enc = data.encode(data.load_split("acl", "test", files["data"]), tok, 64)
+    bf16 = common.autocast(torch.bfloat16, torch.device("cpu"))
+    got = evaluation.evaluate(net, enc, 6, pad_id=0, device=torch.device("cpu"), batch_size=8, max_length=64,
+                              autocast=bf16)
+    fp32 = evaluation.evaluate(net, enc, 6, pad_id=0, device=torch.device("cpu"), batch_size=8, max_length=64)
+    loss, n = 0.0, 0
+    with torch.no_grad():
+        for idx in data.eval_batches(enc.lengths, 8, 0, 1):
+            b = data.collate(enc, idx, 0, 1, 64)
+            with bf16():
+                logits = net(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+            assert logits.dtype == torch.bfloat16  # the oracle itself ran in bf16
+            loss += F.cross_entropy(logits.float(), b["labels"], reduction="sum").double().item()
+            n += len(idx)
+    assert got["n"] == n and got["loss"] == pytest.approx(loss / n, rel=1e-9)
+    assert abs(got["loss"] - fp32["loss"]) > 1e-5 * fp32["loss"]  # bf16 really ran (measured: 6.6e-5 relative)

@@ -124,6 +124,15 @@ def test_integer_labels_sort_numerically_and_names_by_code_point(tmp_path):
     assert data.open_dataset(str(tmp_path)).labels == ["Neg", "neutral", "pos"]
 
 
+def test_labels_are_stripped_of_surrounding_spaces(tmp_path):
+    """As the README promises: " pos", "pos " and "pos" are one class, in every file."""
+    write_csv(tmp_path / "train.csv", ["text", "label"], [["a", " pos"], ["b", "neg"], ["c", "pos "], ["d", "neg"]])
+    write_csv(tmp_path / "test.csv", ["text", "label"], [["e", "pos"], ["f", " neg "]])
+    ds = data.open_dataset(str(tmp_path))
+    assert ds.labels == ["neg", "pos"]
+    assert [e.label for e in ds.examples["train"]] == [1, 0, 1, 0] and [e.label for e in ds.examples["test"]] == [1, 0]
+
+
 def test_test_fraction_holds_out_exactly_like_agnews(data_dir, tmp_path):
     with open(data_dir / "agnews" / "test.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))

@@ -3,6 +3,7 @@
 Oracles: one process for DDP (torchrun, 2 ranks, gloo on CPU), an uninterrupted run for resume.
 """
 
+import dataclasses
 import gc
 import json
 import os
@@ -214,8 +215,18 @@ def test_seeds_repeat_and_finished_seeds_are_skipped(task, tmp_path, capsys, mon
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_on_cpu(task, tmp_path, precision):
+def test_mixed_precision_on_cpu(task, tmp_path, precision, monkeypatch):
+    scalers = []
+    build = train.Run.__init__
+
+    def tracked_build(self, *a, **kw):
+        build(self, *a, **kw)
+        scalers.append(self.scaler)
+
+    monkeypatch.setattr(train.Run, "__init__", tracked_build)
     (result,) = train.main(args(task, tmp_path, "--precision", precision, epochs=2))
+    # loss scaling is for fp16 alone: bf16 has fp32's exponent range, and a scaler would only add work and skips
+    assert [s.is_enabled() for s in scalers] == [precision == "fp16"]
     config = json.loads((seed_dir(tmp_path) / "config.json").read_text())
     assert config["autocast_dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[precision]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_metrics(seed_dir(tmp_path) / "metrics.jsonl"))
@@ -267,3 +278,37 @@ def test_cli_errors(task, tmp_path, extra, message):
     assert "Traceback" not in out.stderr
     if "imdb" in extra:
         assert all(name in out.stderr for name in ("acl", "agnews", "restaurant"))  # the error lists the names
+
+
+# Settings a resumed run may change (they do not change the optimisation); every other one must match the checkpoint.
+FREE_ON_RESUME = {"checkpoint_every", "checkpoint_minutes", "compile", "data_dir", "dataset_name", "device",
+                  "eval_batch_size", "log_every", "micro_batch_size", "model_name", "out", "resume", "save", "seeds",
+                  "tensorboard"}
+
+
+def test_every_setting_is_fixed_or_free_on_resume():
+    """A new TrainConfig field must be classified: changing it on --resume is either refused or harmless."""
+    fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
+    fixed = set(train.Run.FIXED_ON_RESUME)
+    assert not fixed & FREE_ON_RESUME and fixed | FREE_ON_RESUME == fields, (fields - fixed - FREE_ON_RESUME)
+    assert {"max_grad_norm", "weight_decay", "warmup_ratio", "precision", "max_length", "lr"} <= fixed
+
+
+@pytest.mark.parametrize("flag,was,now", [("--max-grad-norm", "1.0", "0.5"), ("--weight-decay", "0.01", "0.1"),
+                                          ("--warmup-ratio", "0.1", "0.2")])
+def test_resume_refuses_another_optimisation_setting(task, tmp_path, flag, was, now):
+    train.main(args(task, tmp_path, "--checkpoint-every", "3", epochs=2))  # finished: make it look interrupted
+    run = seed_dir(tmp_path)
+    torch.save({"config": json.loads((run / "config.json").read_text())}, run / "checkpoint.pt")
+    (run / "result.json").unlink()
+    with pytest.raises(ValueError, match=rf"{flag} {was} \(now {now}\)"):
+        train.main(args(task, tmp_path, flag, now, "--resume", epochs=2))
+
+
+def test_checkpoint_every_counts_optimizer_steps_across_epochs(task, tmp_path, monkeypatch):
+    """301 examples in batches of 32: 10 steps an epoch. Every 4th global step plus each epoch's end (but the last)."""
+    saved = []
+    real = train.Run.save_checkpoint
+    monkeypatch.setattr(train.Run, "save_checkpoint", lambda self: (saved.append(self.step), real(self))[1])
+    train.main(args(task, tmp_path, "--checkpoint-every", "4", epochs=3))
+    assert saved == [4, 8, 10, 12, 16, 20, 24, 28]
