@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import common
 import train
 from conftest import ROOT, without_timings, write_keyword_task, write_tiny_encoder
 
@@ -312,3 +313,35 @@ def test_checkpoint_every_counts_optimizer_steps_across_epochs(task, tmp_path, m
     monkeypatch.setattr(train.Run, "save_checkpoint", lambda self: (saved.append(self.step), real(self))[1])
     train.main(args(task, tmp_path, "--checkpoint-every", "4", epochs=3))
     assert saved == [4, 8, 10, 12, 16, 20, 24, 28]
+
+
+def test_each_rank_restores_its_own_rng_and_windows(task, tmp_path, monkeypatch):
+    """A 2-rank checkpoint holds every rank's RNG state and logging windows; rank r must get ranks[r] back.
+    (Two real ranks draw alike here, both seeded with the seed, so a 2-rank run could not tell.) A Run from an
+    interrupted one-process run, told it is rank 1 of 2, loads a checkpoint whose two ranks differ."""
+    runs = []
+    real_evaluate = train.Run.evaluate
+
+    def crash_in_epoch_2(self, epoch):
+        runs.append(self)
+        if epoch == 2:
+            raise KeyboardInterrupt  # after the epoch-1 checkpoint
+        return real_evaluate(self, epoch)
+
+    monkeypatch.setattr(train.Run, "evaluate", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args(task, tmp_path, epochs=2))
+    ckpt = seed_dir(tmp_path) / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    ranks = []
+    for r in range(2):
+        torch.manual_seed(100 + r)
+        ranks.append({**state["ranks"][0], "rng": torch.get_rng_state(),
+                      "window": torch.full_like(state["ranks"][0]["window"], 10.0 + r),
+                      "grad_norms": torch.full_like(state["ranks"][0]["grad_norms"], 20.0 + r)})
+    torch.save({**state, "world_size": 2, "ranks": ranks}, ckpt)
+    run = runs[-1]
+    run.world = common.Dist(1, 2, torch.device("cpu"))
+    run.load_checkpoint()
+    assert torch.equal(torch.get_rng_state(), ranks[1]["rng"]) and not torch.equal(ranks[0]["rng"], ranks[1]["rng"])
+    assert torch.equal(run.window, ranks[1]["window"]) and torch.equal(run.grad_norms, ranks[1]["grad_norms"])
