@@ -134,23 +134,25 @@ def ref(task):
     return {name: out / name for name in runs}
 
 
-def stopped_line(err: str, signame: str) -> re.Match:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    m = re.fullmatch(rf"train\.py: stopped by {signame} at step (\d+)/{STEPS} \(epoch \d, batch \d+ of 10\); checkpoint "
-                     r"written: (\S+); to continue: python train.py (.*) --resume", lines[0])
+def stop_with(sig: signal.Signals, argv) -> re.Match:
+    """Start a one-process run, send `sig` once step 1 is logged; the run must end with 128 + sig and one line
+    (no traceback): where it stopped, the checkpoint written, the command to continue. Its match: (step, path)."""
+    proc = start(argv)
+    wait_for_step(proc, 1)
+    proc.send_signal(sig)
+    done = finish(proc)
+    assert done.returncode == 128 + sig
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    m = re.fullmatch(rf"train\.py: stopped by {sig.name} at step (\d+)/{STEPS} \(epoch \d, batch \d+ of 10\); "
+                     r"checkpoint written: (\S+); to continue: python train.py (.*) --resume", lines[0])
     assert m, lines[0]
     return m
 
 
 def test_sigterm_stops_at_a_step_and_resume_ends_on_the_uninterrupted_numbers(task, ref, tmp_path):
     argv = args(task, tmp_path, model="enc_dropout")
-    proc = start(argv)
-    wait_for_step(proc, 1)
-    proc.send_signal(signal.SIGTERM)
-    done = finish(proc)
-    assert done.returncode == 128 + signal.SIGTERM
-    m = stopped_line(done.stderr, "SIGTERM")
+    m = stop_with(signal.SIGTERM, argv)
     assert Path(m[2]) == seed_dir(tmp_path, "enc_dropout") / "checkpoint.pt"
     assert checkpoint_step(tmp_path, "enc_dropout") == int(m[1])
     assert not (seed_dir(tmp_path, "enc_dropout") / "result.json").exists()
@@ -164,12 +166,7 @@ def test_sigterm_stops_at_a_step_and_resume_ends_on_the_uninterrupted_numbers(ta
 def test_sigint_stops_and_resumes_on_one_process_or_two_ranks(task, ref, tmp_path):
     """Ctrl-C; then the same checkpoint resumed by one process (bit-equal) and by two ranks (1 -> 2 ranks)."""
     argv = args(task, tmp_path / "one")
-    proc = start(argv)
-    wait_for_step(proc, 1)
-    proc.send_signal(signal.SIGINT)
-    done = finish(proc)
-    assert done.returncode == 128 + signal.SIGINT
-    m = stopped_line(done.stderr, "SIGINT")
+    m = stop_with(signal.SIGINT, argv)
     assert checkpoint_step(tmp_path / "one", "enc") == int(m[1])
     shutil.copytree(tmp_path / "one", tmp_path / "two")
 
