@@ -1,5 +1,6 @@
 """What train.py and eval.py share: the distributed setup/cleanup pair and its few collectives, print0,
-the precision choices and the one autocast context, the --max-length default, and UsageError.
+the precision choices and the one autocast context, the --max-length default, UsageError, and env_true
+(model.py and data.py read HF_HUB_OFFLINE through it).
 
 Import rule, in layers where each file imports only from the layers before it: common | model, data, stats |
 adapter | memory, eval | train. So nothing imports train, and there is no cycle (tests/test_imports.py).
@@ -27,6 +28,12 @@ class UsageError(ValueError):
     """Bad input from the user (a flag, a file, a checkpoint): the CLIs print its one-line message and exit 2.
     A ValueError that is not a UsageError is a bug and keeps its traceback. A ValueError, so that callers
     who catch ValueError keep working."""
+
+
+def env_true(name: str) -> bool:
+    """Whether the environment variable `name` is switched on ("1", "ON", "YES", "TRUE", any case), as
+    huggingface_hub reads its own switches such as HF_HUB_OFFLINE."""
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 # ----------------------------------------------------------------------------- distributed

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from common import UsageError
+from common import UsageError, env_true
 
 
 @dataclass(frozen=True)
@@ -185,10 +185,6 @@ def _local_file(info: DatasetInfo, split: str, data_dir: str | os.PathLike) -> P
     return path
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
 def _hub_cache_dir() -> str | None:
     # huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE once, when it is imported; read them
     # here at call time so a setting made later (a test, a notebook) is honoured.
@@ -202,7 +198,7 @@ def _hub_cache_dir() -> str | None:
 def _hub_file(info: DatasetInfo, split: str) -> Path:
     from huggingface_hub import hf_hub_download
     filename = info.hub_files[split]
-    offline = _env_true("HF_HUB_OFFLINE")
+    offline = env_true("HF_HUB_OFFLINE")
     try:
         return Path(hf_hub_download(info.hub_repo, filename, repo_type="dataset",
                                     cache_dir=_hub_cache_dir(), local_files_only=offline))
@@ -308,7 +304,7 @@ def own_files(directory: str | os.PathLike) -> dict[str, Path]:
 def _hub_snapshot(repo: str) -> Path:
     """The local folder of a Hub dataset repo's train/dev/validation/test files (downloaded once, then cached)."""
     from huggingface_hub import snapshot_download
-    offline = _env_true("HF_HUB_OFFLINE")
+    offline = env_true("HF_HUB_OFFLINE")
     patterns = [stem + ext for stems in OWN_SPLITS.values() for stem in stems for ext in OWN_FORMATS]
     try:
         return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns,

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import UsageError
+from common import UsageError, env_true
 
 ALIASES = {
     "roberta-base": "FacebookAI/roberta-base",
@@ -394,10 +394,6 @@ def _looks_like_path(name: str) -> bool:
     return os.sep in name and Path(name.split(os.sep)[0]).exists()
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
 _HUB_PROBES: dict[str, str | None] = {}  # endpoint -> why it could not be reached (None: it answered)
 
 
@@ -426,7 +422,7 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
 def offline_reason() -> str | None:
     """Why Hub files must come from the local cache alone: "HF_HUB_OFFLINE=1" when that is set (no probe),
     else why the Hub did not answer `hub_unreachable`'s probe; None when the Hub can be used."""
-    return "HF_HUB_OFFLINE=1" if _env_true("HF_HUB_OFFLINE") else hub_unreachable()
+    return "HF_HUB_OFFLINE=1" if env_true("HF_HUB_OFFLINE") else hub_unreachable()
 
 
 def hub_offline() -> bool:
