@@ -165,18 +165,27 @@ def test_kill_and_resume_equals_uninterrupted(task, tmp_path):
                                                                             / "metrics.jsonl"))
 
 
-def test_resume_refuses_other_settings(task, tmp_path, monkeypatch):
+def interrupt_after_epoch_1(task, out, monkeypatch) -> train.Run:
+    """A 2-epoch run that crashes in epoch 2's evaluation, as if the user pressed Ctrl-C after the epoch-1
+    checkpoint (written the old way, before the stop signals were caught); its Run."""
+    runs = []
     real_evaluate = train.Run.evaluate
 
     def crash_in_epoch_2(self, epoch):
+        runs.append(self)
         if epoch == 2:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl-C after the epoch-1 checkpoint
+            raise KeyboardInterrupt
         return real_evaluate(self, epoch)
 
     monkeypatch.setattr(train.Run, "evaluate", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        train.main(args(task, tmp_path, epochs=2))
+        train.main(args(task, out, epochs=2))
     monkeypatch.undo()
+    return runs[-1]
+
+
+def test_resume_refuses_other_settings(task, tmp_path, monkeypatch):
+    interrupt_after_epoch_1(task, tmp_path, monkeypatch)
     assert (seed_dir(tmp_path) / "checkpoint.pt").exists()
     with pytest.raises(ValueError, match=r"--lr 0.003 \(now 0.001\)"):
         train.main(args(task, tmp_path, "--lr", "1e-3", "--resume", epochs=2))
@@ -319,18 +328,7 @@ def test_each_rank_restores_its_own_rng_and_windows(task, tmp_path, monkeypatch)
     """A 2-rank checkpoint holds every rank's RNG state and logging windows; rank r must get ranks[r] back.
     (Two real ranks draw alike here, both seeded with the seed, so a 2-rank run could not tell.) A Run from an
     interrupted one-process run, told it is rank 1 of 2, loads a checkpoint whose two ranks differ."""
-    runs = []
-    real_evaluate = train.Run.evaluate
-
-    def crash_in_epoch_2(self, epoch):
-        runs.append(self)
-        if epoch == 2:
-            raise KeyboardInterrupt  # after the epoch-1 checkpoint
-        return real_evaluate(self, epoch)
-
-    monkeypatch.setattr(train.Run, "evaluate", crash_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(args(task, tmp_path, epochs=2))
+    run = interrupt_after_epoch_1(task, tmp_path, monkeypatch)
     ckpt = seed_dir(tmp_path) / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=True)
     ranks = []
@@ -340,7 +338,6 @@ def test_each_rank_restores_its_own_rng_and_windows(task, tmp_path, monkeypatch)
                       "window": torch.full_like(state["ranks"][0]["window"], 10.0 + r),
                       "grad_norms": torch.full_like(state["ranks"][0]["grad_norms"], 20.0 + r)})
     torch.save({**state, "world_size": 2, "ranks": ranks}, ckpt)
-    run = runs[-1]
     run.world = common.Dist(1, 2, torch.device("cpu"))
     run.load_checkpoint()
     assert torch.equal(torch.get_rng_state(), ranks[1]["rng"]) and not torch.equal(ranks[0]["rng"], ranks[1]["rng"])
