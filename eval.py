@@ -229,13 +229,14 @@ def _ordered(names) -> list[str]:
 def summarize(root: str | Path, split: str = "test", metrics=("accuracy", "f1_macro")) -> list[dict]:
     """One row per (model, dataset): mean and sample std over FINISHED seeds, and which are not."""
     seeds = read_runs(root)
+    finished = seed_groups(seeds, split)  # the grouping compare and claims use
     rows = []
     for model_name in sorted({s.model for s in seeds}, key=lambda m: (m.removesuffix("-adapter"), m)):
         for dataset in _ordered(s.dataset for s in seeds):
-            group = [s for s in seeds if s.model == model_name and s.dataset == dataset]
-            if not group:
+            if (dataset, model_name) not in finished:
                 continue
-            done = [s for s in group if s.result and split in s.result]
+            group = [s for s in seeds if s.model == model_name and s.dataset == dataset]
+            done = finished[(dataset, model_name)]
             row = {"model": model_name, "dataset": dataset, "split": split, "n": len(done),
                    "seeds": [s.seed for s in done], "unfinished": [s.seed for s in group if s not in done]}
             for m in metrics:
