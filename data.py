@@ -60,10 +60,10 @@ class Example:
 
 
 def _agnews_rows(split: str, n: int) -> np.ndarray:
-    """Rows of the 7600-row file in `split`, row for row as `train_test_split(test_size=0.1, seed=2022)`."""
-    perm = np.random.default_rng(2022).permutation(n)
-    n_test = math.ceil(0.1 * n)  # datasets: n_test = ceil(test_size * n), test first
-    return perm[:n_test] if split == "test" else perm[n_test:]
+    """Rows of the 7600-row file in `split`, row for row as `train_test_split(test_size=0.1, seed=2022)`
+    (datasets: n_test = ceil(test_size * n), the test rows first of a seed-2022 permutation: `_holdout`)."""
+    train, test = _holdout(n, 0.1)
+    return test if split == "test" else train
 
 
 @dataclass(frozen=True)
@@ -453,7 +453,8 @@ def _label_list(records: dict[Path, list[tuple]], train: Path, given: list[str] 
 
 
 def _holdout(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, test rows) of n: as agnews' split, test = the first ceil(fraction * n) of a fixed permutation."""
+    """(train rows, test rows) of n: test = the first ceil(fraction * n) of a fixed permutation (seed 2022), as
+    `datasets.Dataset.train_test_split(test_size=fraction, seed=2022)` splits; agnews' split is fraction 0.1."""
     perm = np.random.default_rng(HOLDOUT_SEED).permutation(n)
     n_test = math.ceil(fraction * n)
     return perm[n_test:], perm[:n_test]
