@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import hub
 import model as modeling  # the functions below take an argument named `model`
 from common import UsageError
 
@@ -170,7 +171,7 @@ def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base
 
     `base` is the name or path the base encoder was loaded from. What is recorded is what loads it on
     another machine or after the virtual environment moved: a Hub id or alias as given, and for the
-    folder of a package alias (`model.PACKAGE_ALIASES`) the alias, which `from_pretrained` resolves again.
+    folder of a package alias (`hub.PACKAGE_ALIASES`) the alias, which `from_pretrained` resolves again.
     """
     from safetensors.torch import save_file
     cfg = _adapter_config(model)
@@ -178,14 +179,14 @@ def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
     meta = {
-        "base": modeling.portable_name(base),
+        "base": hub.portable_name(base),
         **_base_description(model),
         "adapter": asdict(cfg),
         "base_sha256": base_fingerprint(model),
     }
     # weights first, config last: a directory with adapter_config.json is always complete
-    modeling.atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    modeling.atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    hub.atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    hub.atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
 
 
 def load_adapters(model: modeling.Classifier, directory: str | os.PathLike) -> modeling.Classifier:
@@ -205,7 +206,7 @@ def load_adapters(model: modeling.Classifier, directory: str | os.PathLike) -> m
     if base_fingerprint(model) != meta["base_sha256"]:
         raise UsageError(f"{directory} was trained on other base weights than this model's (SHA-256 of the "
                          f"frozen weights differs); it belongs to base {meta['base']!r}")
-    state = modeling.read_weights(directory / WEIGHTS_FILE)  # safetensors: tensors only, nothing can run
+    state = hub.read_weights(directory / WEIGHTS_FILE)  # safetensors: tensors only, nothing can run
     expected = {name: p for name, p in model.named_parameters() if p.requires_grad}
     _check_keys(state, expected, directory / WEIGHTS_FILE)
     with torch.no_grad():

@@ -1,9 +1,10 @@
 """What train.py and eval.py share: the distributed setup/cleanup pair and its few collectives, print0,
 the precision choices and the one autocast context, the --max-length default, UsageError, and env_true
-(model.py and data.py read HF_HUB_OFFLINE through it).
+(hub.py and data.py read HF_HUB_OFFLINE through it). It imports nothing of ours.
 
-Import rule, in layers where each file imports only from the layers before it: common | model, data, stats |
-adapter | memory, eval | train. So nothing imports train, and there is no cycle (tests/test_imports.py).
+Import rule, in layers where each file imports only from the layers before it: common | hub, stats |
+tokenizer, data | model, own_data | adapter | memory, eval, runs, report | train. So nothing imports train,
+the core never imports report, and there is no cycle (tests/test_imports.py).
 
 Distributed follows nanochat's compute_init / compute_cleanup: torchrun is detected from the environment, and
 the same script runs on one CPU with no launcher. Every collective here is a no-op on one process.

@@ -51,6 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 import adapter as adapters  # `adapter` is the bottleneck size below
+import hub
 import model as modeling
 from common import UsageError, autocast
 
@@ -697,7 +698,7 @@ def main(argv: list[str] | None = None) -> None:
     what.add_argument("--params", type=float, help="a generic encoder of this many parameters (e.g. 3e9), "
                       "beside the report's accounting")
     what.add_argument("--model", help="directory with config.json, Hub id, or alias: "
-                      + ", ".join([*modeling.ALIASES, *modeling.PACKAGE_ALIASES]))
+                      + ", ".join([*hub.ALIASES, *hub.PACKAGE_ALIASES]))
     p.add_argument("--batch-size", type=int, default=64, help="examples per batch (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per example (default: %(default)s)")
     # The adapter flags are train.py's (the adapters column is always shown, so --adapter changes nothing).

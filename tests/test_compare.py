@@ -1,4 +1,4 @@
-"""stats.py against scipy and by hand; eval.py compare / claims on real short runs and on hand-made ones."""
+"""stats.py against scipy and by hand; report.py compare / claims on real short runs and on hand-made ones."""
 
 import json
 import math
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-import eval as evaluation
+import report
+import runs as run_folders  # the fixture below is named runs
 import stats
 import train
 from conftest import ROOT, write_keyword_task, write_tiny_encoder
@@ -202,7 +203,7 @@ def runs(tmp_path_factory):
 
 
 def cli(*argv):
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *argv], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(ROOT / "report.py"), *argv], capture_output=True, text=True, timeout=300)
 
 
 def test_compare_real_runs_through_the_cli(runs, capsys):
@@ -221,9 +222,9 @@ def test_compare_real_runs_through_the_cli(runs, capsys):
     assert row["method"] == "exact" and row["ci_low"] <= row["difference"] <= row["ci_high"]
     want = ("A better" if row["difference"] > 0 else "B better") if row["p_value"] <= 0.1 else "not resolved"
     assert row["verdict"] == want
-    (dev,) = evaluation.compare(folder, "fast", "slow", metric="accuracy", split="dev")
+    (dev,) = report.compare(folder, "fast", "slow", metric="accuracy", split="dev")
     assert dev["mean_b"] == pytest.approx(np.mean([r["dev"]["accuracy"] for r in results["slow"]]))
-    evaluation.main(["compare", str(folder), "fast", "slow"])
+    report.main(["compare", str(folder), "fast", "slow"])
     text = capsys.readouterr().out
     assert f"mean A {100 * fast.mean():.2f}, mean B {100 * slow.mean():.2f}" in text
     assert "the smallest p 3 and 3 seeds can give: 0.1" in text
@@ -246,7 +247,7 @@ def test_bad_input_is_one_line(runs, tmp_path):
     ]
     for argv, message in cases:
         with pytest.raises((ValueError, FileNotFoundError), match=message) as e:
-            evaluation.main(argv)
+            report.main(argv)
         assert "\n" not in str(e.value)
     out = cli("compare", str(folder), "fast", "bert")
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -263,7 +264,7 @@ def _hand_made(root, model_name, dataset, values, metric="f1_macro"):
 def test_json_has_no_nan(tmp_path, capsys):
     _hand_made(tmp_path, "flat", "acl", [0.8, 0.8, 0.8])
     _hand_made(tmp_path, "flat2", "acl", [0.7, 0.7, 0.7])
-    evaluation.main(["compare", str(tmp_path), "flat", "flat2", "--format", "json"])
+    report.main(["compare", str(tmp_path), "flat", "flat2", "--format", "json"])
     (row,) = json.loads(capsys.readouterr().out)  # strict JSON: an infinite d is null
     assert row["cohens_d"] is None and row["pooled_std"] == 0 and row["difference"] == pytest.approx(0.1)
     assert row["seeds_needed"] == 4 and row["p_value"] == pytest.approx(0.1)
@@ -275,16 +276,16 @@ def test_too_few_seeds_and_non_finite_values(tmp_path):
     _hand_made(tmp_path, "bert", "restaurant", [0.70, 0.72])
     _hand_made(tmp_path, "roberta", "restaurant", [0.74, 0.75])
     with pytest.raises(ValueError, match="roberta has 1 finished seed on acl .*at least 2 a side"):
-        evaluation.compare(tmp_path, "bert", "roberta", ["acl"])
-    rows = evaluation.compare(tmp_path, "bert", "roberta")  # by default acl is skipped, with a warning
+        report.compare(tmp_path, "bert", "roberta", ["acl"])
+    rows = report.compare(tmp_path, "bert", "roberta")  # by default acl is skipped, with a warning
     assert [r["dataset"] for r in rows] == ["restaurant"]
     (tmp_path / "restaurant" / "roberta" / "seed2" / "result.json").write_text('{"test": {"f1_macro": NaN}}')
     with pytest.raises(ValueError, match=r"restaurant/roberta/seed2/result.json: test f1_macro is nan"):
-        evaluation.compare(tmp_path, "bert", "roberta")
+        report.compare(tmp_path, "bert", "roberta")
     for broken in ('{"test": {"accuracy": 0.5}}', '{"test": 0.5}', '{"test": {"f1_macro": "0.7"}}'):
         (tmp_path / "restaurant" / "roberta" / "seed2" / "result.json").write_text(broken)
         with pytest.raises(ValueError, match=r"seed2/result.json: test f1_macro is .*not a finite number"):
-            evaluation.compare(tmp_path, "bert", "roberta")
+            report.compare(tmp_path, "bert", "roberta")
 
 
 def test_claims_statuses(tmp_path):
@@ -303,13 +304,13 @@ def test_claims_statuses(tmp_path):
               {"a": "high", "b": "one", "dataset": "acl", "claim": "a > b"}]
     path = tmp_path / "claims.json"
     path.write_text(json.dumps(claims))
-    rows = evaluation.check_claims(tmp_path, path)
+    rows = report.check_claims(tmp_path, path)
     assert [r["status"] for r in rows] == ["supported", "contradicted", "contradicted", "supported",
                                            "not resolved", "not resolved", "not resolved"]
     assert rows[3]["p_value"] == pytest.approx(2 / 70) and rows[0]["p_value"] == pytest.approx(2 / 70)
     assert "one has 1 finished seed" in rows[6]["reason"]
-    assert evaluation.check_claims(tmp_path, path, margin=0.05)[3]["status"] == "contradicted"
-    assert evaluation.check_claims(tmp_path, path, alpha=0.01)[0]["status"] == "not resolved"  # 2/70 > 0.01
+    assert report.check_claims(tmp_path, path, margin=0.05)[3]["status"] == "contradicted"
+    assert report.check_claims(tmp_path, path, alpha=0.01)[0]["status"] == "not resolved"  # 2/70 > 0.01
     for bad, message in [([{"a": "high", "b": "low", "dataset": "acl", "claim": "a >= b"}], "is not one of"),
                          ([{"a": "high", "b": "low", "dataset": "acl", "claim": "a > b", "metirc": "x"}],
                           "unknown key.* metirc"),
@@ -319,18 +320,18 @@ def test_claims_statuses(tmp_path):
                          ({"a": "high"}, "expected a non-empty JSON list")]:
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=message):
-            evaluation.check_claims(tmp_path, path)
+            report.check_claims(tmp_path, path)
     path.write_text('[{"a": "high",')
     with pytest.raises(ValueError, match="claims.json: not valid JSON"):
-        evaluation.check_claims(tmp_path, path)
+        report.check_claims(tmp_path, path)
 
 
 def test_report_claims_file_names_the_reports_run_folders():
-    claims = evaluation.read_claims(ROOT / "experiments" / "report_claims.json", "f1_macro")
+    claims = report.read_claims(ROOT / "experiments" / "report_claims.json", "f1_macro")
     # experiments/report.sh passes these --model aliases (and --adapter for roberta-base): its run folders
-    names = {train.model_slug(train.TrainConfig(dataset="acl", model=m)) for m in
+    names = {run_folders.model_slug(train.TrainConfig(dataset="acl", model=m)) for m in
              re.search(r'models="([^"]+)"', (ROOT / "experiments" / "report.sh").read_text())[1].split()}
-    names.add(train.model_slug(train.TrainConfig(dataset="acl", model="roberta-base", adapter=True)))
+    names.add(run_folders.model_slug(train.TrainConfig(dataset="acl", model="roberta-base", adapter=True)))
     assert names == {"roberta-base", "bert-base-uncased", "scibert", "roberta-base-adapter"}
     assert {c["a"] for c in claims} | {c["b"] for c in claims} == names
     pairs = [(c["a"], c["b"], c["dataset"]) for c in claims]
@@ -346,7 +347,7 @@ def test_readme_worked_example_is_what_the_cli_prints(tmp_path, capsys):
     readme = (ROOT / "README.md").read_text()
     for argv in (["compare", str(folder), "minilm-adapter", "minilm"],
                  ["claims", str(folder), str(ROOT / "docs" / "minilm-grid" / "claims.json")]):
-        evaluation.main(argv)
+        report.main(argv)
         captured = capsys.readouterr()
         printed = (captured.err + captured.out).replace(str(folder), "runs/minilm-grid-csv")
         assert printed.strip() in readme, printed
@@ -354,5 +355,5 @@ def test_readme_worked_example_is_what_the_cli_prints(tmp_path, capsys):
         runs_from_csv.runs_from_csv(ROOT / "docs" / "minilm-grid" / "seeds.csv", folder)
     values = json.loads((folder / "acl" / "minilm-adapter" / "seed3" / "result.json").read_text())["test"]
     assert values["f1_macro"] == 0.2814  # the CSV's 4 digits, as they are
-    assert re.search(r"\| minilm-adapter \| 78\.24 ± 0\.34 \(3\)", evaluation.format_table(
-        evaluation.summarize(folder), ("accuracy", "f1_macro")))
+    assert re.search(r"\| minilm-adapter \| 78\.24 ± 0\.34 \(3\)", report.format_table(
+        report.summarize(folder), ("accuracy", "f1_macro")))

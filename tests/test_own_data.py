@@ -17,6 +17,8 @@ import pytest
 
 import data
 import eval as evaluation
+import own_data
+import report
 import train
 from conftest import ROOT, hub_cache, without_timings, write_keyword_task, write_tiny_encoder
 
@@ -86,7 +88,7 @@ def converted(data_dir, tmp_path_factory):
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
 @pytest.mark.parametrize("name", ["acl", "restaurant"])
 def test_converted_real_files_give_the_registered_examples(converted, data_dir, name, fmt):
-    ds = data.open_dataset(str(converted[name, fmt]), **flags(name))
+    ds = own_data.open_dataset(str(converted[name, fmt]), **flags(name))
     assert ds.name == f"{name}-{fmt}" and ds.splits == data.DATASETS[name].splits
     assert ds.labels == [str(i) for i in range(len(data.DATASETS[name].labels))]  # integers, numeric order
     for split in ds.splits:
@@ -95,7 +97,7 @@ def test_converted_real_files_give_the_registered_examples(converted, data_dir, 
 
 def test_train_dev_test_files_by_flag(converted, data_dir):
     folder = converted["acl", "tsv"]
-    ds = data.open_dataset(train_file=str(folder / "train.tsv"), dev_file=str(folder / "validation.tsv"),
+    ds = own_data.open_dataset(train_file=str(folder / "train.tsv"), dev_file=str(folder / "validation.tsv"),
                            test_file=str(folder / "test.tsv"), **flags("acl"))
     assert ds.name == "acl-tsv"  # the folder holding the training file
     assert ds.examples == {s: data.load_split("acl", s, data_dir) for s in ("train", "dev", "test")}
@@ -103,10 +105,10 @@ def test_train_dev_test_files_by_flag(converted, data_dir):
 
 def test_label_names_sorted_or_in_the_given_order(converted, data_dir):
     folder = str(converted["acl", "names"])
-    given = data.open_dataset(folder, labels=ACL_NAMES, **flags("acl"))
+    given = own_data.open_dataset(folder, labels=ACL_NAMES, **flags("acl"))
     assert given.labels == ACL_NAMES
     assert given.examples["test"] == data.load_split("acl", "test", data_dir)
-    default = data.open_dataset(folder, **flags("acl"))
+    default = own_data.open_dataset(folder, **flags("acl"))
     assert default.labels == sorted(ACL_NAMES) != ACL_NAMES
     registered = data.load_split("acl", "train", data_dir)
     assert [default.labels[e.label] for e in default.examples["train"]] == [ACL_NAMES[e.label] for e in registered]
@@ -115,20 +117,20 @@ def test_label_names_sorted_or_in_the_given_order(converted, data_dir):
 def test_integer_labels_sort_numerically_and_names_by_code_point(tmp_path):
     write_csv(tmp_path / "train.csv", ["text", "label"], [["a", 10], ["b", 2], ["c", 1], ["d", 2]])
     write_csv(tmp_path / "test.csv", ["text", "label"], [["e", "02"], ["f", 10]])
-    ds = data.open_dataset(str(tmp_path))
+    ds = own_data.open_dataset(str(tmp_path))
     assert ds.labels == ["1", "2", "10"]
     assert [e.label for e in ds.examples["train"]] == [2, 1, 0, 1] and [e.label for e in ds.examples["test"]] == [1, 2]
-    assert data.open_dataset(str(tmp_path), labels=["10", "1", "2"]).examples["test"][1].label == 0
+    assert own_data.open_dataset(str(tmp_path), labels=["10", "1", "2"]).examples["test"][1].label == 0
     write_csv(tmp_path / "train.csv", ["text", "label"], [["a", "pos"], ["b", "Neg"], ["c", "neutral"]])
     write_csv(tmp_path / "test.csv", ["text", "label"], [["e", "pos"]])
-    assert data.open_dataset(str(tmp_path)).labels == ["Neg", "neutral", "pos"]
+    assert own_data.open_dataset(str(tmp_path)).labels == ["Neg", "neutral", "pos"]
 
 
 def test_labels_are_stripped_of_surrounding_spaces(tmp_path):
     """As the README promises: " pos", "pos " and "pos" are one class, in every file."""
     write_csv(tmp_path / "train.csv", ["text", "label"], [["a", " pos"], ["b", "neg"], ["c", "pos "], ["d", "neg"]])
     write_csv(tmp_path / "test.csv", ["text", "label"], [["e", "pos"], ["f", " neg "]])
-    ds = data.open_dataset(str(tmp_path))
+    ds = own_data.open_dataset(str(tmp_path))
     assert ds.labels == ["neg", "pos"]
     assert [e.label for e in ds.examples["train"]] == [1, 0, 1, 0] and [e.label for e in ds.examples["test"]] == [1, 0]
 
@@ -138,7 +140,7 @@ def test_test_fraction_holds_out_exactly_like_agnews(data_dir, tmp_path):
         rows = list(csv.reader(f))
     write_jsonl(tmp_path / "train.jsonl", [{"text": r[1] + " " + r[2], "label": int(r[0]) - 1} for r in rows])
     for _ in range(2):  # a fixed seed: the same rows on every call
-        ds = data.open_dataset(str(tmp_path), test_fraction=0.1)
+        ds = own_data.open_dataset(str(tmp_path), test_fraction=0.1)
         assert ds.splits == ("train", "test")
         assert ds.examples["test"] == data.load_split("agnews", "test", data_dir)
         assert ds.examples["train"] == data.load_split("agnews", "train", data_dir)
@@ -146,7 +148,7 @@ def test_test_fraction_holds_out_exactly_like_agnews(data_dir, tmp_path):
 
 def test_test_fraction_rounds_the_test_share_up(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(5)])
-    ds = data.open_dataset(str(tmp_path), test_fraction=0.5)
+    ds = own_data.open_dataset(str(tmp_path), test_fraction=0.5)
     # as datasets' train_test_split: n_test = ceil(test_size * n), the rest trains
     assert (len(ds.examples["train"]), len(ds.examples["test"])) == (2, 3)
     assert sorted(e.text for s in ds.splits for e in ds.examples[s]) == [f"t{i}" for i in range(5)]
@@ -155,21 +157,21 @@ def test_test_fraction_rounds_the_test_share_up(tmp_path):
 def test_text_pair_column_is_used_when_the_training_file_has_one(tmp_path):
     write_csv(tmp_path / "train.csv", ["label", "text", "text_pair"], [["a", "q1", "p1"], ["b", "q2", "p2"]])
     write_csv(tmp_path / "test.csv", ["text_pair", "text", "label"], [["p3", "q3", "b"]])
-    ds = data.open_dataset(str(tmp_path))
+    ds = own_data.open_dataset(str(tmp_path))
     assert ds.examples["test"] == [data.Example("q3", "p3", 1)]
     write_csv(tmp_path / "train.csv", ["label", "text"], [["a", "q1"], ["b", "q2"]])
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'test.csv'} has a 'text_pair' column, ")):
-        data.open_dataset(str(tmp_path))  # test pairs where training had none: refused, not dropped
+        own_data.open_dataset(str(tmp_path))  # test pairs where training had none: refused, not dropped
 
 
 def test_bom_crlf_and_quoted_newlines_are_read(tmp_path):
     text = '\ufefftext,label\r\n"two\r\nlines, one ""text""",a\r\nplain,b\r\n"",a\r\n'
     (tmp_path / "train.csv").write_bytes(text.encode("utf-8"))
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'train.csv'}:5: the text in 'text' is empty")):
-        data.open_dataset(str(tmp_path), test_fraction=0.5)  # the line count goes on past a quoted line break
+        own_data.open_dataset(str(tmp_path), test_fraction=0.5)  # the line count goes on past a quoted line break
     (tmp_path / "train.csv").write_bytes(text.removesuffix('"",a\r\n').encode("utf-8"))
     (tmp_path / "test.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "x", "label": "b"}\r\n\r\n')
-    ds = data.open_dataset(str(tmp_path))
+    ds = own_data.open_dataset(str(tmp_path))
     assert ds.examples["train"] == [data.Example('two\r\nlines, one "text"', None, 0), data.Example("plain", None, 1)]
     assert ds.examples["test"] == [data.Example("x", None, 1)]
 
@@ -183,11 +185,11 @@ def test_hub_dataset_from_the_cache_and_offline_error(converted, data_dir, tmp_p
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     folder = converted["acl", "csv"]
     hub_cache(tmp_path / "hub", "dataset", "someone/citations", {p.name: p for p in folder.iterdir()})
-    ds = data.open_dataset("hub:someone/citations", **flags("acl"))
+    ds = own_data.open_dataset("hub:someone/citations", **flags("acl"))
     assert ds.name == "someone--citations"
     assert ds.examples == {s: data.load_split("acl", s, data_dir) for s in ("train", "dev", "test")}
     with pytest.raises(FileNotFoundError) as err:
-        data.open_dataset("hub:someone/elsewhere")
+        own_data.open_dataset("hub:someone/elsewhere")
     message = str(err.value)
     assert "hub:someone/elsewhere" in message and "HF_HUB_OFFLINE=1" in message and "--dataset DIR" in message
     assert "\n" not in message
@@ -200,13 +202,13 @@ def test_registered_name_wins_then_folder_then_hub(data_dir, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "acl").mkdir()  # a folder called like a registered dataset: the name still means the registered one
     write_csv(tmp_path / "acl" / "train.csv", ["text", "label"], [["a", 1], ["b", 2]])
-    assert data.open_dataset("acl", data_dir=data_dir, splits=("dev",)).examples["dev"] == \
+    assert own_data.open_dataset("acl", data_dir=data_dir, splits=("dev",)).examples["dev"] == \
         data.load_split("acl", "dev", data_dir)
     with pytest.raises(ValueError, match="'acl' is a registered dataset's: pass --dataset-name"):
-        data.run_name("./acl")  # its runs would mix with the registered acl's
-    assert data.run_name("./acl", given="mine") == "mine"
+        own_data.run_name("./acl")  # its runs would mix with the registered acl's
+    assert own_data.run_name("./acl", given="mine") == "mine"
     with pytest.raises(ValueError) as err:
-        data.run_name("imdb")
+        own_data.run_name("imdb")
     assert all(n in str(err.value) for n in ("restaurant", "acl", "agnews", "train.* and test.*", "hub:owner/name"))
 
 
@@ -229,7 +231,7 @@ def test_contradicting_flags(tmp_path, kwargs, message):
     write_csv(tmp_path / "test.csv", ["text", "label"], [["z", "a"]])
     kwargs = {k: (v.replace("DIR", str(tmp_path)) if isinstance(v, str) else v) for k, v in kwargs.items()}
     with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message.replace("DIR", str(tmp_path)))):
-        data.open_dataset(**kwargs)
+        own_data.open_dataset(**kwargs)
 
 
 # ---------------------------------------------------------------------------- bad input: file, line, what to do
@@ -278,7 +280,7 @@ def test_bad_input_names_file_line_and_what_to_do(tmp_path, files, kwargs, where
             (tmp_path / f"{name.split('.')[0]}.csv").unlink()  # the file given in another format replaces it
         (tmp_path / name).write_text(content, encoding="utf-8")
     with pytest.raises(ValueError) as err:
-        data.open_dataset(str(tmp_path), **kwargs)
+        own_data.open_dataset(str(tmp_path), **kwargs)
     text = str(err.value)
     assert text.startswith(str(tmp_path / where) if where else "--labels"), text
     assert message in text and "\n" not in text, text
@@ -289,7 +291,7 @@ def test_not_utf8_names_the_line_and_the_encoding(tmp_path, encoding, byte, sour
     (tmp_path / "train.csv").write_bytes("text,label\nfine,a\ncafé au lait,b\n".encode(encoding))
     (tmp_path / "test.csv").write_text(GOOD)
     with pytest.raises(ValueError) as err:
-        data.open_dataset(str(tmp_path))
+        own_data.open_dataset(str(tmp_path))
     where = f"{tmp_path / 'train.csv'}" + (":3: not UTF-8 (byte 0xe9)" if byte else ": UTF-16, not UTF-8")
     assert str(err.value).startswith(where) and f"iconv -f {source} -t UTF-8" in str(err.value), str(err.value)
 
@@ -298,11 +300,11 @@ def test_folder_without_training_file(tmp_path):
     (tmp_path / "train.parquet").write_bytes(b"PAR1")
     with pytest.raises(FileNotFoundError, match=r"has no train.jsonl, train.csv or train.tsv \(it holds: "
                                                 r"train.parquet\)"):
-        data.open_dataset(str(tmp_path))
+        own_data.open_dataset(str(tmp_path))
     (tmp_path / "train.csv").write_text(GOOD)
     (tmp_path / "train.jsonl").write_text('{"text": "a", "label": "b"}\n')
     with pytest.raises(ValueError, match="holds train.jsonl and train.csv: keep one train file"):
-        data.open_dataset(str(tmp_path))
+        own_data.open_dataset(str(tmp_path))
 
 
 def test_cli_bad_file_is_one_line_and_trains_nothing(tmp_path):
@@ -407,9 +409,9 @@ def test_adapters_seeds_summarize_and_plot(enc, tmp_path):
     assert [r["seed"] for r in full] == [1, 2] and full[0]["test"] != full[1]["test"]
     assert adapted[0]["trainable_params"] < adapted[0]["total_params"]
     assert sorted(p.name for p in (tmp_path / "runs" / "kw").iterdir()) == ["enc", "enc-adapter"]
-    rows = {r["model"]: r for r in evaluation.summarize(tmp_path / "runs")}
+    rows = {r["model"]: r for r in report.summarize(tmp_path / "runs")}
     assert rows["enc"]["dataset"] == "kw" and rows["enc"]["n"] == 2
     assert rows["enc"]["accuracy"]["values"] == [r["test"]["accuracy"] for r in full]
-    written = evaluation.plot(tmp_path / "runs", tmp_path / "figures")
+    written = report.plot(tmp_path / "runs", tmp_path / "figures")
     assert sorted(p.name for p in written) == ["adapter_vs_full_enc.png", "kw.png"]
     assert all(p.stat().st_size > 10_000 for p in written)

@@ -12,6 +12,7 @@ import torch
 
 import data
 import eval as evaluation
+import report
 import train
 from conftest import ROOT, write_keyword_task, write_tiny_encoder
 
@@ -30,7 +31,8 @@ def runs(tmp_path_factory):
 
 
 def cli(*argv):
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *argv], capture_output=True, text=True, timeout=300)
+    script = "eval.py" if argv[0] == "evaluate" else "report.py"
+    return subprocess.run([sys.executable, str(ROOT / script), *argv], capture_output=True, text=True, timeout=300)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -97,7 +99,7 @@ def test_evaluate_refuses_a_checkpoint_for_other_labels(runs):
 
 
 def test_summarize_a_real_sweep(runs):
-    rows = evaluation.summarize(runs["runs"])
+    rows = report.summarize(runs["runs"])
     by_model = {r["model"]: r for r in rows}
     assert set(by_model) == {"tiny", "tiny-adapter"}
     values = [r["test"]["accuracy"] for r in runs["full"]]
@@ -125,7 +127,7 @@ def test_summarize_known_numbers_and_a_missing_seed(tmp_path):
         _hand_made(tmp_path, "bert", "acl", seed, acc, f1)
     _hand_made(tmp_path, "bert", "acl", 4, records=[{"step": 5, "epoch": 0.5, "split": "train", "loss": 1.0}])
     _hand_made(tmp_path, "bert", "restaurant", 1, 0.9, 0.8)
-    (row_restaurant, row_acl) = evaluation.summarize(tmp_path)  # the report's dataset order
+    (row_restaurant, row_acl) = report.summarize(tmp_path)  # the report's dataset order
     assert row_acl["dataset"] == "acl" and row_restaurant["dataset"] == "restaurant"
     # by hand: mean 0.82; deviations -0.02, 0.02, 0 -> sample variance 0.0008/2 -> std 0.02
     assert row_acl["accuracy"]["mean"] == pytest.approx(0.82) and row_acl["accuracy"]["std"] == pytest.approx(0.02)
@@ -133,12 +135,12 @@ def test_summarize_known_numbers_and_a_missing_seed(tmp_path):
     assert row_acl["f1_macro"]["mean"] == pytest.approx(0.73)
     assert row_acl["f1_macro"]["std"] == pytest.approx(0.0264575, abs=1e-6)
     assert row_acl["n"] == 3 and row_acl["unfinished"] == [4]  # seed 4 is shown, not averaged
-    table = evaluation.format_table([row_acl, row_restaurant], ("accuracy", "f1_macro"))
+    table = report.format_table([row_acl, row_restaurant], ("accuracy", "f1_macro"))
     assert "82.00 ± 2.00 (3) +1 unfinished" in table and "73.00 ± 2.65 (3) +1 unfinished" in table
     assert "| bert | 90.00 (1) | 80.00 (1) | 82.00" in table  # restaurant before acl, as in the report
-    csv_out = evaluation.format_table([row_acl], ("accuracy",), "csv").splitlines()
+    csv_out = report.format_table([row_acl], ("accuracy",), "csv").splitlines()
     assert csv_out[0] == "model,acl acc" and csv_out[1].startswith("bert,82.00 ± 2.00 (3)")
-    assert json.loads(evaluation.format_table([row_acl], ("accuracy",), "json"))[0]["n"] == 3
+    assert json.loads(report.format_table([row_acl], ("accuracy",), "json"))[0]["n"] == 3
 
 
 def test_summarize_bad_input(tmp_path, capsys):

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import common
+import runs
 import train
 from conftest import ROOT, without_timings, write_keyword_task, write_tiny_encoder
 
@@ -189,13 +190,17 @@ def test_resume_refuses_other_settings(task, tmp_path, monkeypatch):
     assert (seed_dir(tmp_path) / "checkpoint.pt").exists()
     with pytest.raises(ValueError, match=r"--lr 0.003 \(now 0.001\)"):
         train.main(args(task, tmp_path, "--lr", "1e-3", "--resume", epochs=2))
-    # a checkpoint from before --random-batches existed counts as written with its default
+    with pytest.raises(ValueError, match=r"--random-batches False \(now True\)"):  # another batch order
+        train.main(args(task, tmp_path, "--random-batches", "--resume", epochs=2))
+    # a checkpoint from before --random-batches existed is refused in one line (no fallback to a default)
     ckpt = seed_dir(tmp_path) / "checkpoint.pt"
+    original = ckpt.read_bytes()
     state = torch.load(ckpt, weights_only=False)
     del state["config"]["random_batches"]
     torch.save(state, ckpt)
-    with pytest.raises(ValueError, match=r"--random-batches False \(now True\)"):  # another batch order
-        train.main(args(task, tmp_path, "--random-batches", "--resume", epochs=2))
+    with pytest.raises(ValueError, match=r"written by an older train.py.*Delete it to start seed 1 over"):
+        train.main(args(task, tmp_path, "--resume", epochs=2))
+    ckpt.write_bytes(original)
     (result,) = train.main(args(task, tmp_path, "--resume", epochs=2))
     assert result["epochs"] == 2 and not (seed_dir(tmp_path) / "checkpoint.pt").exists()
 
@@ -299,7 +304,7 @@ FREE_ON_RESUME = {"checkpoint_every", "checkpoint_minutes", "compile", "data_dir
 def test_every_setting_is_fixed_or_free_on_resume():
     """A new TrainConfig field must be classified: changing it on --resume is either refused or harmless."""
     fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
-    fixed = set(train.Run.FIXED_ON_RESUME)
+    fixed = set(runs.FIXED_ON_RESUME)
     assert not fixed & FREE_ON_RESUME and fixed | FREE_ON_RESUME == fields, (fields - fixed - FREE_ON_RESUME)
     assert {"max_grad_norm", "weight_decay", "warmup_ratio", "precision", "max_length", "lr"} <= fixed
 
@@ -318,8 +323,8 @@ def test_resume_refuses_another_optimisation_setting(task, tmp_path, flag, was, 
 def test_checkpoint_every_counts_optimizer_steps_across_epochs(task, tmp_path, monkeypatch):
     """301 examples in batches of 32: 10 steps an epoch. Every 4th global step plus each epoch's end (but the last)."""
     saved = []
-    real = train.Run.save_checkpoint
-    monkeypatch.setattr(train.Run, "save_checkpoint", lambda self: (saved.append(self.step), real(self))[1])
+    real = runs.save_checkpoint
+    monkeypatch.setattr(runs, "save_checkpoint", lambda self: (saved.append(self.step), real(self))[1])
     train.main(args(task, tmp_path, "--checkpoint-every", "4", epochs=3))
     assert saved == [4, 8, 10, 12, 16, 20, 24, 28]
 

@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import adapter
 import data
 import model
+import runs
 import train
 from conftest import FILLER, KEYWORDS, random_batch, tiny_hf_config, write_keyword_task
 from test_train import read_metrics, run_cli  # run_cli: torchrun with one thread per rank
@@ -482,13 +483,13 @@ def test_fp16_grad_scaler_is_saved_and_restored(setup, tmp_path, monkeypatch):
     assert saved["scaler"]["scale"] != 65536.0, "the scaler never moved: restoring it would prove little"
 
     restored = {}
-    load = train.Run.load_checkpoint
+    load = runs.load_checkpoint
 
     def recorded_load(run):
         load(run)
         restored.update(run.scaler.state_dict())
 
-    monkeypatch.setattr(train.Run, "load_checkpoint", recorded_load)
+    monkeypatch.setattr(runs, "load_checkpoint", recorded_load)
     train.main(argv(setup, "bert", tmp_path / "stopped", *extra, "--resume"))
     assert restored == saved["scaler"]
     assert scalers["stopped"] == scalers["whole"]

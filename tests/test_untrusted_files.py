@@ -17,6 +17,7 @@ import torch
 
 import adapter
 import model
+import runs
 import train
 from conftest import ROOT, write_keyword_task, write_tiny_encoder
 
@@ -166,14 +167,14 @@ def test_own_checkpoints_hold_nothing_but_allowed_types(task, tmp_path, monkeypa
     """What train.py writes loads with weights_only=True: no numpy scalars or other objects in it, with
     fp16's GradScaler state and adapters too."""
     saved = []
-    real_save = train.Run.save_checkpoint
+    real_save = runs.save_checkpoint
 
     def save_and_stop(self):
         real_save(self)
         saved.append(self.checkpoint_path)
         raise KeyboardInterrupt  # stop after the first checkpoint, as a killed run would
 
-    monkeypatch.setattr(train.Run, "save_checkpoint", save_and_stop)
+    monkeypatch.setattr(runs, "save_checkpoint", save_and_stop)
     argv = [*map(str, train_argv(task, tmp_path)), "--epochs", "2", "--checkpoint-every", "2", "--precision", "fp16",
             "--adapter", "--bottleneck", "4"]
     with pytest.raises(KeyboardInterrupt):

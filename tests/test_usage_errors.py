@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import common
-import data
-import eval as evaluation
 import memory
+import own_data
+import report
 import train
 
 
@@ -25,8 +25,8 @@ def test_usage_error_is_a_value_error():
 @pytest.mark.parametrize("call", [
     lambda: train.resolve(train.parse_args(["--dataset", "acl", "--seeds", "1", "1"]), 1),
     lambda: train.resolve(train.parse_args(["--dataset", "acl", "--bottleneck", "8"]), 1),
-    lambda: data.open_dataset("no-such-dataset"),
-    lambda: evaluation._check_metric("loss"),
+    lambda: own_data.open_dataset("no-such-dataset"),
+    lambda: report._check_metric("loss"),
     lambda: memory._positive(batch_size=0),
 ], ids=["train-duplicate-seeds", "train-adapter-flags", "data-unknown-dataset", "eval-metric", "memory-batch"])
 def test_validation_sites_raise_usage_errors(call):
@@ -42,9 +42,9 @@ def test_train_cli_reports_a_usage_error_in_one_line(capsys):
 
 @pytest.mark.parametrize("where", ["ours", "torch"])
 def test_train_cli_lets_a_bug_keep_its_traceback(monkeypatch, capsys, where):
-    """A plain ValueError from our code (data.run_name, which resolve calls) or from torch (torch.cuda.is_available,
+    """A plain ValueError from our code (own_data.run_name, which resolve calls) or from torch (torch.cuda.is_available,
     which the distributed setup calls) propagates out of cli; the same spot raising a UsageError is reported."""
-    target = (data, "run_name") if where == "ours" else (torch.cuda, "is_available")
+    target = (own_data, "run_name") if where == "ours" else (torch.cuda, "is_available")
     monkeypatch.setattr(*target, boom(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug") as e:
         train.cli(["--dataset", "acl", "--device", "cpu"])
@@ -54,15 +54,15 @@ def test_train_cli_lets_a_bug_keep_its_traceback(monkeypatch, capsys, where):
     assert capsys.readouterr().err == "train.py: error: say what to do\n"
 
 
-def test_eval_cli_lets_a_bug_keep_its_traceback(monkeypatch, tmp_path, capsys):
-    assert evaluation.cli(["summarize", str(tmp_path / "none")]) == 2  # a missing runs folder: one line
-    assert capsys.readouterr().err.startswith("eval.py: error: no runs folder at ")
-    monkeypatch.setattr(evaluation, "read_runs", boom(ValueError("a bug")))
+def test_report_cli_lets_a_bug_keep_its_traceback(monkeypatch, tmp_path, capsys):
+    assert report.cli(["summarize", str(tmp_path / "none")]) == 2  # a missing runs folder: one line
+    assert capsys.readouterr().err.startswith("report.py: error: no runs folder at ")
+    monkeypatch.setattr(report, "read_runs", boom(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):
-        evaluation.cli(["summarize", str(tmp_path)])
-    monkeypatch.setattr(evaluation, "read_runs", boom(common.UsageError("say what to do")))
-    assert evaluation.cli(["summarize", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == "eval.py: error: say what to do\n"
+        report.cli(["summarize", str(tmp_path)])
+    monkeypatch.setattr(report, "read_runs", boom(common.UsageError("say what to do")))
+    assert report.cli(["summarize", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "report.py: error: say what to do\n"
 
 
 def test_memory_cli_lets_a_bug_keep_its_traceback(monkeypatch, capsys):

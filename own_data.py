@@ -1,0 +1,379 @@
+"""Your own data, and the dataset flags that train.py and eval.py share.
+
+`--dataset` names a registered dataset (data.py), a folder, or a Hub dataset repo (`hub:owner/name`) holding
+train/test(/dev) `.jsonl`, `.csv` or `.tsv` files; `--train-file` / `--dev-file` / `--test-file` name files
+directly. They are read with the standard library's `json` and `csv` (strict quoting, RFC 4180) and checked
+whole before anything trains: a bad value is an error naming the file and the line. Labels are the text in
+the file; `--labels` fixes their class-id order. `--test-fraction` holds out rows exactly as agnews' split
+does (seed 2022). `open_dataset` is the one entry point, for registered datasets too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import UsageError, env_true
+from data import DATASETS, Example, _holdout, _hub_cache_dir, load_split
+
+OWN_FORMATS = (".jsonl", ".csv", ".tsv")
+
+
+OWN_SPLITS = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}  # split -> file stems
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset ready to tokenize, registered or your own (`open_dataset` builds it).
+
+    `name` is what its runs are filed under (runs/<name>/...), `labels` the class names (index =
+    class id), `examples` split -> examples in the order train, dev, test (the splits it has).
+    """
+    name: str
+    labels: list[str]
+    examples: dict[str, list[Example]] = field(repr=False)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.examples)
+
+
+def run_name(dataset: str | None, train_file: str | None = None, given: str | None = None) -> str:
+    """The name runs of `--dataset` / `--train-file` are filed under; checks the spelling, reads no file.
+
+    A registered name wins; then `hub:owner/name` (named owner--name); then an existing folder (named
+    after it). With `--train-file` the name is the folder holding that file. `given` (--dataset-name)
+    overrides the last three; a registered name is refused for them, so their runs never mix.
+    """
+    if dataset is not None and train_file is not None:
+        raise UsageError("--dataset and --train-file both name the training data: pass one of them")
+    if dataset in DATASETS:
+        if given not in (None, dataset):
+            raise UsageError(f"--dataset-name names your own data; {dataset} is a registered dataset")
+        return dataset
+    spellings = (f"a registered name ({', '.join(DATASETS)}), a folder holding train.* and test.* "
+                 f"({', '.join(OWN_FORMATS)}), or hub:owner/name")
+    if dataset is None and train_file is None:
+        raise UsageError(f"pass --dataset: {spellings}; or --train-file FILE")
+    if dataset is not None and dataset.startswith("hub:"):
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", dataset[4:]):
+            raise UsageError(f"--dataset {dataset}: a Hub dataset is spelled hub:owner/name")
+        default = dataset[4:].replace("/", "--")
+    elif dataset is not None:
+        if not Path(dataset).is_dir():
+            hint = f" ({dataset} is a file: pass it as --train-file)" if Path(dataset).is_file() else ""
+            raise UsageError(f"unknown dataset {dataset!r}{hint}; --dataset takes {spellings}")
+        default = Path(dataset).resolve().name
+    else:
+        default = Path(train_file).resolve().parent.name
+    name = given or default
+    if name in DATASETS or not re.fullmatch(r"[\w][\w.-]*", name):
+        why = "is a registered dataset's" if name in DATASETS else "is not a plain folder name"
+        raise UsageError(f"your data's run-folder name {name!r} {why}: pass --dataset-name NAME")
+    return name
+
+
+def own_files(directory: str | os.PathLike) -> dict[str, Path]:
+    """split -> file of a folder holding train.*, test.* and dev.* or validation.* (.jsonl, .csv or .tsv)."""
+    directory = Path(directory)
+    found = {}
+    for split, stems in OWN_SPLITS.items():
+        hits = [directory / (s + ext) for s in stems for ext in OWN_FORMATS if (directory / (s + ext)).is_file()]
+        if len(hits) > 1:
+            raise UsageError(f"{directory} holds {' and '.join(h.name for h in hits)}: keep one {split} file")
+        if hits:
+            found[split] = hits[0]
+    if "train" not in found:
+        holds = ", ".join(sorted(p.name for p in directory.iterdir())[:10]) or "nothing"
+        raise FileNotFoundError(f"{directory} has no train.jsonl, train.csv or train.tsv (it holds: {holds}); "
+                                "name your files train.*, test.* (and dev.*), or pass --train-file FILE")
+    return found
+
+
+def _hub_snapshot(repo: str) -> Path:
+    """The local folder of a Hub dataset repo's train/dev/validation/test files (downloaded once, then cached)."""
+    from huggingface_hub import snapshot_download
+    offline = env_true("HF_HUB_OFFLINE")
+    patterns = [stem + ext for stems in OWN_SPLITS.values() for stem in stems for ext in OWN_FORMATS]
+    try:
+        return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns,
+                                      cache_dir=_hub_cache_dir(), local_files_only=offline))
+    except Exception as err:  # noqa: BLE001  (offline, no network, missing repo: the same advice)
+        how = "offline (HF_HUB_OFFLINE=1) and not in the cache" if offline else "could not download it"
+        raise FileNotFoundError(
+            f"hub:{repo}: the Hub dataset repo {repo!r}: {how} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Download it once where the Hub is reachable, "
+            f"or pass --dataset DIR with local copies of its train.*/test.* files.") from None
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
+        raise UsageError(f"{path}: UTF-16, not UTF-8 (it holds NUL bytes or a UTF-16 byte-order mark); convert it: "
+                         f"iconv -f UTF-16 -t UTF-8 {path} > utf8{path.suffix}")
+    try:
+        return raw.decode("utf-8-sig")  # a UTF-8 byte-order mark (Excel writes one) is no part of the first column
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        try:
+            raw.decode("cp1252")
+            source = "cp1252"  # Windows' Western encoding: what a non-UTF-8 spreadsheet export usually is
+        except UnicodeDecodeError:
+            source = "latin-1"  # decodes any bytes; cp1252 could not
+        raise UsageError(f"{path}:{line}: not UTF-8 (byte 0x{raw[err.start]:02x}); it reads as {source}: convert it, "
+                         f"e.g. iconv -f {source} -t UTF-8 {path} > utf8{path.suffix}") from None
+
+
+def _read_table(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(columns, [(line, row)]) of a .csv/.tsv text with a header row; a row's line is where it starts."""
+    kind, delimiter = ("TSV", "\t") if path.suffix == ".tsv" else ("CSV", ",")
+    # strict: a quote in the wrong place is an error, not a field that silently swallows the next lines
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    header, rows, start = None, [], 1
+    try:
+        for fields in reader:
+            if fields and header is None:
+                header = [name.strip() for name in fields]
+                if len(set(header)) < len(header):
+                    twice = sorted({n for n in header if header.count(n) > 1})
+                    raise UsageError(f"{path}:{start}: the header names {', '.join(map(repr, twice))} more than "
+                                     "once; give every column its own name")
+            elif fields:
+                if len(fields) != len(header):
+                    raise UsageError(f"{path}:{start}: {len(fields)} fields, the header has {len(header)}; a field "
+                                     f"holding a {'tab' if kind == 'TSV' else 'comma'}, quote or line break must be "
+                                     'quoted, with its quotes doubled ("")')
+                rows.append((start, dict(zip(header, fields))))
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise UsageError(f"{path}:{start}: {kind} quoting error ({err}); quote a field that holds quotes, with "
+                         'its quotes doubled ("")') from None
+    if header is None:
+        raise UsageError(f"{path}: empty file; it needs a header row ({kind}) and one example per row")
+    if not rows:
+        raise UsageError(f"{path}: only a header row ({', '.join(header)}), no examples")
+    return header, rows
+
+
+def _read_jsonl_records(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(the first record's fields, [(line, record)]) of a JSON-lines text."""
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}:{lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+                             "the file needs one JSON object per line") from None
+        if not isinstance(record, dict):  # bad input in a file, not a caller's bug: ValueError like the rest
+            raise UsageError(f"{path}:{lineno}: a JSON {type(record).__name__}, not an object with your "
+                             "columns")
+        rows.append((lineno, record))
+    if not rows:
+        raise UsageError(f"{path}: empty file; it needs one JSON object per line")
+    return list(rows[0][1]), rows
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(columns, [(line, row)]) of a .jsonl, .csv or .tsv file (JSON lines: the first record's fields)."""
+    text = _decode(path)
+    return (_read_jsonl_records if path.suffix == ".jsonl" else _read_table)(path, text)
+
+
+def _own_examples(path: Path, columns: list[str], rows: list[tuple[int, dict]], text_column: str,
+                  pair_column: str | None, label_column: str) -> list[tuple]:
+    """[(line, text, text_pair, label)] of one file; label is an int or a str, as the file spells it."""
+    flags = {text_column: "--text-column", pair_column: "--text-pair-column", label_column: "--label-column"}
+    out = []
+    for line, row in rows:
+        for column in (text_column, pair_column, label_column):
+            if column is not None and column not in row:
+                where, found = (f"{path}:{line}", list(row)) if path.suffix == ".jsonl" else (f"{path}:1", columns)
+                raise UsageError(f"{where}: no column {column!r} (found: {', '.join(map(repr, found))}); "
+                                 f"pass {flags[column]} NAME")
+        texts = [row[c] if c is not None else None for c in (text_column, pair_column)]
+        for column, value in zip((text_column, pair_column), texts):
+            if column is not None and not (isinstance(value, str) and value.strip()):
+                what = "empty" if value is None or isinstance(value, str) else f"a {type(value).__name__}"
+                raise UsageError(f"{path}:{line}: the text in {column!r} is {what}; every example needs one "
+                                 "(fill it in or remove the line)")
+        label = row[label_column]
+        if isinstance(label, str) and _INTEGER.fullmatch(label.strip()):
+            label = int(label)  # CSV has no types: a label spelled as an integer is one
+        elif isinstance(label, str) and label.strip():
+            label = label.strip()
+        elif not isinstance(label, int) or isinstance(label, bool):
+            what = "empty" if label is None or isinstance(label, str) else f"a {type(label).__name__}"
+            raise UsageError(f"{path}:{line}: the label in {label_column!r} is {what}; labels are names or integers")
+        out.append((line, *texts, label))
+    return out
+
+
+def _label_list(records: dict[Path, list[tuple]], train: Path, given: list[str] | None) -> list[str]:
+    """Class names, index = class id: `given` (--labels), else the sorted set of the training labels."""
+    first = {}  # kind -> (file, line, label) of its first occurrence
+    for path, rows in records.items():
+        for line, *_, label in rows:
+            first.setdefault(type(label), (path, line, label))
+    if len(first) > 1:
+        (p, a, s), (q, b, i) = first[str], first[int]
+        raise UsageError(f"{p}:{a}: label {s!r} is a name, but {q}:{b} has the integer label {i}: label every "
+                         "example with names, or every example with integers")
+    integers = int in first
+    if given is not None:
+        if integers and not all(_INTEGER.fullmatch(g) for g in given):
+            raise UsageError(f"--labels {','.join(given)}: your files label with integers, so list integers")
+        names = [str(int(g)) if integers else g for g in given]
+        if len(set(names)) < len(names):
+            raise UsageError(f"--labels {','.join(given)} lists a label twice")
+    else:
+        names = [str(v) for v in sorted({row[-1] for row in records[train]})]  # ints numerically, names by code point
+    known = set(names)
+    for path, rows in records.items():
+        for line, *_, label in rows:
+            if str(label) not in known:
+                why = (f"is not in --labels ({', '.join(names)}); add it there" if given is not None else
+                       f"never occurs in {train}; fix the line, or list every class with --labels")
+                raise UsageError(f"{path}:{line}: label {str(label)!r} {why}")
+    if len(names) < 2:
+        raise UsageError(f"{train}: every example has the label {names[0]!r}; a classifier needs two classes or more")
+    return names
+
+
+def read_own(files: dict[str, Path], *, text_column: str = "text", text_pair_column: str | None = None,
+             label_column: str = "label", labels: list[str] | None = None,
+             test_fraction: float | None = None) -> tuple[list[str], dict[str, list[Example]]]:
+    """(label names, split -> examples) of your own files: split -> .jsonl/.csv/.tsv path ("train" needed).
+
+    Every value is checked before anything is returned; an error names the file and the line. The pair
+    column is `text_pair_column`, else `text_pair` when the training file has one. Labels are names or
+    integers (a CSV value spelled as an integer is one), never both; see `_label_list` for their order.
+    Without a test file, `test_fraction` holds out that share of the training rows (`_holdout`).
+    Raises ValueError (bad content) or FileNotFoundError (a missing file).
+    """
+    for path in files.values():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} not found")
+        if Path(path).suffix not in OWN_FORMATS:
+            raise UsageError(f"{path}: read are {', '.join(OWN_FORMATS)} files; convert it to one of them")
+    if ("test" in files) == (test_fraction is not None):
+        raise UsageError(f"{files['test']} is the test file: drop --test-fraction" if "test" in files else
+                         f"no test file beside {files['train']}: add test.jsonl/.csv/.tsv (or --test-file), or "
+                         "hold out a share of the training file with --test-fraction 0.1")
+    if test_fraction is not None and not 0 < test_fraction < 1:
+        raise UsageError(f"--test-fraction must lie strictly between 0 and 1, got {test_fraction}")
+    files = {s: Path(files[s]) for s in OWN_SPLITS if s in files}
+    train = files["train"]
+    tables = {path: _read_rows(path) for path in files.values()}
+    pair = text_pair_column
+    if pair is None:  # the default pair column counts when the training file has it, and then everywhere
+        pair = "text_pair" if "text_pair" in tables[train][0] else None
+        for path, (columns, _) in tables.items():
+            if pair is None and "text_pair" in columns:
+                raise UsageError(f"{path} has a 'text_pair' column, {train} has none: give every file the pair "
+                                 "or none, or pass --text-pair-column")
+    records = {path: _own_examples(path, *tables[path], text_column, pair, label_column) for path in files.values()}
+    names = _label_list(records, train, labels)
+    ids = {name: i for i, name in enumerate(names)}
+    examples = {s: [Example(t, p, ids[str(y)]) for _, t, p, y in records[path]] for s, path in files.items()}
+    if test_fraction is not None:
+        rows, held = _holdout(len(examples["train"]), test_fraction)
+        if not len(rows) or not len(held):
+            raise UsageError(f"--test-fraction {test_fraction} of {train}'s {len(examples['train'])} examples "
+                             "leaves no training or no test example")
+        examples["test"] = [examples["train"][i] for i in held]
+        examples["train"] = [examples["train"][i] for i in rows]
+    return names, examples
+
+
+def from_hub(dataset: str | None, data_dir: str | os.PathLike | None) -> bool:
+    """Whether --dataset (with this --data-dir) reads its files from the Hub: a registered dataset without a
+    local folder, or a hub:owner/name repo."""
+    return (dataset in DATASETS and data_dir is None) or (dataset or "").startswith("hub:")
+
+
+def open_dataset(dataset: str | None = None, *, data_dir: str | os.PathLike | None = None,
+                 train_file: str | None = None, dev_file: str | None = None, test_file: str | None = None,
+                 test_fraction: float | None = None, text_column: str = "text", text_pair_column: str | None = None,
+                 label_column: str = "label", labels: list[str] | None = None, dataset_name: str | None = None,
+                 splits: tuple[str, ...] | None = None) -> Dataset:
+    """The dataset train.py's and eval.py's dataset flags name, with `splits` (default: all) read.
+
+    `dataset` is a registered name (read with `load_split` from `data_dir` or the Hub), a folder
+    holding train.*/test.* (and dev.* or validation.*), or `hub:owner/name`, a Hub dataset repo with
+    such files at its top level; or None with `train_file` (and `test_file`, `dev_file`). The column,
+    label and fraction options are for your own data only (see `read_own`). Your own data is read and
+    checked whole even when `splits` asks for one split: the labels come from the training file.
+    """
+    name = run_name(dataset, train_file, dataset_name)
+    own = {"--train-file": train_file, "--dev-file": dev_file, "--test-file": test_file,
+           "--test-fraction": test_fraction, "--text-pair-column": text_pair_column, "--labels": labels,
+           "--text-column": None if text_column == "text" else text_column,
+           "--label-column": None if label_column == "label" else label_column}
+    if dataset in DATASETS:
+        given = [flag for flag, value in own.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only for your own data; {dataset} is a registered dataset")
+        wanted = splits or DATASETS[dataset].splits
+        return Dataset(name, list(DATASETS[dataset].labels), {s: load_split(dataset, s, data_dir) for s in wanted})
+    if data_dir is not None:
+        raise UsageError("--data-dir holds local copies of the registered datasets; your own data is "
+                         "--dataset DIR or --train-file FILE")
+    if train_file is not None:
+        files = {s: f for s, f in (("train", train_file), ("dev", dev_file), ("test", test_file)) if f is not None}
+    elif dev_file is not None or test_file is not None:
+        raise UsageError(f"--dev-file and --test-file go with --train-file; {dataset} is searched for dev.* "
+                         "and test.* itself")
+    else:
+        files = own_files(_hub_snapshot(dataset[4:]) if dataset.startswith("hub:") else dataset)
+    label_names, examples = read_own(files, text_column=text_column, text_pair_column=text_pair_column,
+                                     label_column=label_column, labels=labels, test_fraction=test_fraction)
+    for s in splits or ():
+        if s not in examples:
+            raise UsageError(f"{name} has no split {s!r}; its splits: {', '.join(examples)}")
+    return Dataset(name, label_names, {s: e for s, e in examples.items() if splits is None or s in splits})
+
+
+def comma_list(text: str) -> list[str]:
+    """argparse type of --labels: "a, b,c" -> ["a", "b", "c"]."""
+    return [item.strip() for item in text.split(",")]
+
+
+# The dataset flags of train.py and eval.py evaluate, defined once: name -> (default, help, argparse keywords).
+# train.TrainConfig declares its fields from them and eval.py adds them to its parser, so both CLIs spell and
+# explain them alike. OWN_DATA: the ones that say which of your own files to read and how.
+OWN_DATA = ("train_file", "dev_file", "test_file", "test_fraction", "text_column", "text_pair_column", "label_column",
+            "labels", "dataset_name")
+
+
+FLAGS = {
+    "dataset": (None, (f"a registered dataset ({', '.join(DATASETS)}), a folder of your own train/test(/dev) "
+                       ".jsonl/.csv/.tsv files, or hub:owner/name"), {}),
+    "data_dir": (None, "local dataset folder in the layout of shared/data (default: the Hub)", {}),
+    "train_file": (None, "your own training file (.jsonl, .csv or .tsv), instead of --dataset", {}),
+    "dev_file": (None, "with --train-file: a dev file, evaluated every epoch like the test file", {}),
+    "test_file": (None, "with --train-file: the test file", {}),
+    "test_fraction": (None, ("without a test file: hold out this share of the training file "
+                             "(fixed seed 2022, as agnews' split)"), {"type": float}),
+    "text_column": ("text", "your files' text column", {}),
+    "text_pair_column": (None, ("your files' second text of a pair (default: text_pair, if the "
+                                "training file has it)"), {}),
+    "label_column": ("label", "your files' label column (names or integers)", {}),
+    "labels": (None, ("your labels in class-id order, comma-separated (default: "
+                      "the sorted set of the training labels, integers in numeric order)"), {"type": comma_list}),
+    "dataset_name": (None, "your dataset's name in the run folder (default: its folder's name)", {}),
+}
+
+
+def open_from_flags(args, splits: tuple[str, ...] | None = None) -> Dataset:
+    """open_dataset with the dataset flags of `args` (a train.TrainConfig, or eval.py evaluate's arguments)."""
+    return open_dataset(args.dataset, data_dir=args.data_dir, splits=splits, **{k: getattr(args, k) for k in OWN_DATA})
