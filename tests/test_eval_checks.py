@@ -41,7 +41,7 @@ def _checkpoint(files, names) -> str:
 
 
 def _evaluate(files, names):
-    return evaluation.main(["evaluate", "--checkpoint", _checkpoint(files, names), "--dataset", "acl",
+    return evaluation.main(["evaluate", "--model", _checkpoint(files, names), "--dataset", "acl",
                             "--data-dir", str(files["data"]), "--device", "cpu", "--max-length", "64"])
 
 

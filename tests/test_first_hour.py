@@ -141,7 +141,7 @@ def test_evaluate_probes_the_unreachable_hub_once(dead_hub, task, tmp_path):
     net = model.from_pretrained(task["enc"], num_labels=6)
     model.save_pretrained(net, tmp_path / "ckpt", labels=list(data.DATASETS["acl"].labels),
                           tokenizer=model.load_tokenizer(task["enc"]))
-    out = subprocess.run([sys.executable, str(ROOT / "eval.py"), "evaluate", "--checkpoint", str(tmp_path / "ckpt"),
+    out = subprocess.run([sys.executable, str(ROOT / "eval.py"), "evaluate", "--model", str(tmp_path / "ckpt"),
                           "--dataset", "acl"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert endpoint.connections == 1  # one probe; no HEAD request, no retry
@@ -211,14 +211,14 @@ def test_a_hub_like_name_that_is_not_cached_also_says_no_such_directory(tmp_path
 
 def test_evaluate_on_a_run_folder_points_to_its_model(one_epoch_runs, task, tmp_path):
     run = one_epoch_runs / "acl" / "tiny" / "seed1"
-    with pytest.raises(FileNotFoundError, match=f"pass --checkpoint {re.escape(str(run / 'model'))}$"):
-        evaluation.load_checkpoint(run)
-    net, _ = evaluation.load_checkpoint(run / "model")  # the hint is right: that folder loads
+    with pytest.raises(FileNotFoundError, match=f"pass --model {re.escape(str(run / 'model'))}$"):
+        evaluation.load_model(run)
+    net, _ = evaluation.load_model(run / "model")  # the hint is right: that folder loads
     assert net.num_labels == 6
     unsaved = tmp_path / "seed1"
     shutil.copytree(run, unsaved, ignore=shutil.ignore_patterns("model"))  # as a run without --save leaves it
     with pytest.raises(FileNotFoundError, match="without a saved model: train it with --save"):
-        evaluation.load_checkpoint(unsaved)
+        evaluation.load_model(unsaved)
 
 
 # ----------------------------------------------------------------------------- 4. fp16 on a CPU
@@ -279,9 +279,9 @@ def test_memory_help_shows_each_default_once(capsys, monkeypatch):
     assert len(helps) > 15
     for flag, text in helps.items():
         assert "(default: None)" not in text and text.count("default") <= 1, (flag, text)
-        if flag not in ("--help", "--params", "--model", "--adapter", "--freeze-layernorm", "--checkpointing"):
+        if flag not in ("--help", "--params", "--model", "--adapter", "--freeze-layernorm", "--gradient-checkpointing"):
             assert "(default: " in text, (flag, text)
-    assert "(default: 64)" in helps["--batch-size"] and "(default: amp-bf16)" in helps["--precision"]
+    assert "(default: 64)" in helps["--batch-size"] and "(default: bf16)" in helps["--precision"]
 
 
 def test_report_sh_help_prints_its_usage_with_the_scripts_defaults():
@@ -352,8 +352,8 @@ def test_memory_output_reads_like_the_report(capsys, minilm_dir):
     out = capsys.readouterr().out
     assert "-0.00 " not in out + " "
     cfg = model.load_config(minilm_dir)
-    full = memory.estimate(cfg, 64, 128, precision="amp-bf16")
-    peft = memory.estimate(cfg, 64, 128, precision="amp-bf16", adapter=64)
+    full = memory.estimate(cfg, 64, 128, precision="bf16")
+    peft = memory.estimate(cfg, 64, 128, precision="bf16", adapter=64)
     (weights_row,) = [line for line in out.splitlines() if line.lstrip().startswith("weights")]
     saving = float(weights_row.split()[-1])
     assert saving < 0 and saving == pytest.approx((full.weights - peft.weights) / 1e9, abs=5e-4)
@@ -371,7 +371,7 @@ def test_adapter_config_records_the_alias_and_loads_it(minilm_dir, tmp_path):
                 p.add_(0.01 * torch.randn_like(p))  # as if trained
     adapter.save_adapters(net, tmp_path / "ad", base=str(minilm_dir))  # what the README's old recipe passed
     assert adapter.read_config(tmp_path / "ad")["base"] == "minilm"
-    loaded, tok = evaluation.load_checkpoint(tmp_path / "ad")  # the alias is resolved again when loading
+    loaded, tok = evaluation.load_model(tmp_path / "ad")  # the alias is resolved again when loading
     ids = torch.tensor([tok.encode("the soup was cold").ids])
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(ids), net.eval()(ids), atol=0, rtol=0)

@@ -63,7 +63,7 @@ def test_state_terms_equal_the_real_objects_after_a_step(precision, optimizer, b
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
-@pytest.mark.parametrize("precision", ["amp-bf16", "amp-fp16"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("bottleneck", [None, 8])
 def test_amp_weight_copies_and_states_exact(kind, precision, bottleneck):
     """Under autocast the saved 16-bit weight copies are the `weights` line, fp32 params the master."""
@@ -132,7 +132,7 @@ def test_report_numbers_under_its_own_assumptions():
 @pytest.mark.parametrize("kwargs,message", [
     ({"batch_size": 0}, "batch_size"), ({"batch_size": -4}, "batch_size"), ({"seq_len": 0}, "seq_len"),
     ({"adapter": 0}, "adapter"), ({"adapter": -64}, "adapter"), ({"seq_len": 600}, "position table"),
-    ({"precision": "fp16"}, "amp-fp16"), ({"optimizer": "adam"}, "adamw"), ({"attention": "xformers"}, "flash"),
+    ({"precision": "amp-fp16"}, "fp16"), ({"optimizer": "adam"}, "adamw"), ({"attention": "xformers"}, "flash"),
     ({"device": "tpu"}, "cuda"), ({"num_labels": 1}, "num_labels"), ({"params": -1}, "params"),
 ])
 def test_bad_input_is_a_clear_error(kwargs, message):
@@ -143,7 +143,7 @@ def test_bad_input_is_a_clear_error(kwargs, message):
 
 def test_measure_refuses_autocast_on_meta():
     with pytest.raises(ValueError, match="meta"):
-        memory.measure(ROBERTA_BASE, 2, 16, precision="amp-bf16", device="meta")
+        memory.measure(ROBERTA_BASE, 2, 16, precision="bf16", device="meta")
 
 
 def test_generic_config_rejects_bad_shapes():
@@ -164,7 +164,7 @@ def test_cli_params_prints_both_accountings(capsys):
 
 
 def test_cli_model_prints_full_vs_adapters(capsys, minilm_dir):
-    memory.main(["--model", str(minilm_dir), "--batch-size", "64", "--seq-len", "128", "--bottleneck", "64"])
+    memory.main(["--model", str(minilm_dir), "--batch-size", "64", "--max-length", "128", "--bottleneck", "64"])
     out = capsys.readouterr().out
     assert "adapters-64" in out and "adapters save" in out and "22.7M parameters" in out
 
@@ -188,44 +188,47 @@ def _cli(capsys, argv):
     return capsys.readouterr()
 
 
-def test_cli_takes_train_py_adapter_flags_and_the_old_spellings(capsys, minilm_dir):
+def test_cli_takes_train_py_adapter_flags_and_old_spellings_are_one_line_errors(capsys, minilm_dir):
     """train.py's --bottleneck and --adapter-placement (and its --adapter switch, which changes nothing
-    here); memory.py's old --adapter N and --placement give the same table, with a note naming the new flag."""
+    here); memory.py's old spellings are refused in one line that names the new flag (no compatibility layer)."""
     base = ["--model", str(minilm_dir)]
     new = _cli(capsys, [*base, "--adapter", "--bottleneck", "32", "--adapter-placement", "pfeiffer"])
     assert new.err == "" and "adapters-32" in new.out
-    old = _cli(capsys, [*base, "--adapter", "32", "--placement", "pfeiffer"])
-    assert old.out == new.out
-    assert "--adapter 32 is now --bottleneck 32" in old.err
-    assert "--placement pfeiffer is now --adapter-placement pfeiffer" in old.err
+    for old, says in ((["--adapter", "32"], "--adapter 32 is now --bottleneck 32"),
+                      (["--placement", "pfeiffer"], "--placement is now --adapter-placement"),
+                      (["--seq-len", "128"], "--seq-len is now --max-length"),
+                      (["--checkpointing"], "--checkpointing is now --gradient-checkpointing")):
+        with pytest.raises(SystemExit) as e:
+            memory.main([*base, *old])
+        assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f": error: {says}")
     peft = memory.estimate(model.load_config(minilm_dir), 64, 128, adapter=32, placement="pfeiffer")
     (trainable,) = [line.split() for line in new.out.splitlines() if line.startswith("  trainable parameters")]
     assert trainable[3] == f"{peft.trainable / 1e6:.2f}M"  # the placement reached estimate
     assert _cli(capsys, [*base, "--bottleneck", "32"]).out != new.out  # houlsby, the default, is another table
 
 
-def test_cli_precision_takes_train_py_names_with_train_py_meaning(capsys, minilm_dir):
-    """train.py's bf16 and fp16 are autocast over fp32 weights: amp-bf16 and amp-fp16 here; the whole
-    model in bf16 is pure-bf16, which keeps no fp32 master copy."""
+def test_cli_precision_uses_train_py_names_with_train_py_meaning(capsys, minilm_dir):
+    """train.py's bf16 and fp16 are autocast over fp32 weights, here too; the whole model in bf16 is
+    pure-bf16, which keeps no fp32 master copy. The old amp-* names are refused."""
     base = ["--model", str(minilm_dir)]
-    for train_name, ours in (("bf16", "amp-bf16"), ("fp16", "amp-fp16"), ("fp32", "fp32")):
-        got = _cli(capsys, [*base, "--precision", train_name])
-        assert got.out == _cli(capsys, [*base, "--precision", ours]).out, train_name
-        assert f"; {ours}, adamw," in got.out.splitlines()[0]
-    note = _cli(capsys, [*base, "--precision", "bf16"]).err  # the one name whose meaning here changed says so
-    assert "amp-bf16" in note and "pure-bf16" in note
+    for name in ("bf16", "fp16", "fp32"):
+        assert f"; {name}, adamw," in _cli(capsys, [*base, "--precision", name]).out.splitlines()[0]
+    with pytest.raises(SystemExit):
+        memory.main([*base, "--precision", "amp-bf16"])
+    assert "invalid choice: 'amp-bf16'" in capsys.readouterr().err
     master = {}
     for name in ("bf16", "pure-bf16"):
         (row,) = [line for line in _cli(capsys, [*base, "--precision", name]).out.splitlines()
                   if line.startswith("  master weights")]
         master[name] = float(row.split()[-3])  # the full fine-tuning column
     assert master["bf16"] > 0 and master["pure-bf16"] == 0
+    full = {n: memory.estimate(ROBERTA_BASE, 8, 128, precision=n) for n in ("bf16", "fp16", "pure-bf16")}
+    assert full["bf16"].total == full["fp16"].total > full["pure-bf16"].total  # bf16 is autocast, not pure
 
 
-@pytest.mark.parametrize("name", ["bf16", "fp16"])
-def test_estimate_refuses_train_py_names_saying_which_mode_they_are(name):
-    """In Python, "bf16" meant pure bf16 before: refused, never silently another mode."""
-    with pytest.raises(ValueError, match=f"'amp-{name}' here"):
+@pytest.mark.parametrize("name", ["amp-bf16", "amp-fp16"])
+def test_estimate_refuses_the_old_precision_names(name):
+    with pytest.raises(ValueError, match=f"unknown precision '{name}'; choose one of: fp32, bf16, fp16, pure-bf16"):
         memory.estimate(ROBERTA_BASE, 8, 128, precision=name)
 
 

@@ -42,7 +42,7 @@ def test_estimate_total_is_the_sum_of_its_lines(device):
     for settings in SETTINGS:
         b = memory.estimate(ROBERTA_BASE, 16, 128, device=device, **settings)
         assert min(b.weights, b.gradients, b.optimizer, b.activations) > 0, settings
-        assert (b.master_weights > 0) == settings["precision"].startswith("amp"), settings
+        assert (b.master_weights > 0) == (settings["precision"] in ("bf16", "fp16")), settings  # autocast: fp32 master
         assert b.total == sum(getattr(b, f) for f in FIELDS), settings
         assert b.activations == sum(b.terms.values()), settings
         assert b.optimizer >= b.gradients > 0, settings  # AdamW keeps 2 moments, SGD 1, both as wide as the grads
@@ -67,7 +67,7 @@ def _rows(text: str) -> dict[str, list[str]]:
 
 def test_cli_total_row_is_the_sum_of_the_rows_above(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(ROBERTA_BASE_CONFIG))
-    for extra in ([], ["--precision", "fp32", "--optimizer", "sgd"], ["--checkpointing", "--adapter-placement", "pfeiffer"]):
+    for extra in ([], ["--precision", "fp32", "--optimizer", "sgd"], ["--gradient-checkpointing", "--adapter-placement", "pfeiffer"]):
         memory.main(["--model", str(tmp_path), *extra])
         rows = _rows(capsys.readouterr().out)
         lines = [v for k, v in rows.items() if k.split(" (")[0] in
@@ -96,7 +96,7 @@ _SMALL = dict(vocab_size=99, hidden_size=64, num_hidden_layers=2, num_attention_
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
-@pytest.mark.parametrize("precision,bottleneck", [("fp32", None), ("amp-bf16", None), ("pure-bf16", None), ("amp-bf16", 8)])
+@pytest.mark.parametrize("precision,bottleneck", [("fp32", None), ("bf16", None), ("pure-bf16", None), ("bf16", 8)])
 def test_flash_path_equals_what_autograd_saves(kind, precision, bottleneck):
     """Without attention dropout the CPU runs SDPA's flash kernel, which saves what estimate's flash
     path derives (q, k, v, the output, the mask, the logsumexp): byte for byte."""
@@ -167,12 +167,12 @@ def test_readme_prose_figures(capsys):
 
     layers, hidden, params, batch, length, full_gb, adapters_gb, saving, fewer = _number(
         r"a generic (\d+)-layer, (\d+)-wide encoder of (\S+) parameters at batch (\d+) x (\d+) tokens "
-        r"\(amp-bf16, AdamW\) full fine-tuning needs (\S+) GB and adapters (\S+) GB, a saving of (\S+)%; .*? "
+        r"\(bf16, AdamW\) full fine-tuning needs (\S+) GB and adapters (\S+) GB, a saving of (\S+)%; .*? "
         r"the adapters' activations are (\S+)% smaller", prose)
     cfg = memory.generic_config(3e9)
     assert (cfg.num_hidden_layers, cfg.hidden_size) == (int(layers), int(hidden))
     assert float(params) == float(f"{memory.count_parameters(cfg).total:.3g}")
-    kw = dict(precision="amp-bf16", optimizer="adamw", params=3e9)
+    kw = dict(precision="bf16", optimizer="adamw", params=3e9)
     f = memory.estimate(cfg, int(batch), int(length), **kw)
     a = memory.estimate(cfg, int(batch), int(length), adapter=64, **kw)
     _same(full_gb, f.total / gb)

@@ -389,7 +389,7 @@ def test_label_names_reach_config_export_and_evaluate(small, reference, enc, tmp
     assert json.loads((run / "config.json").read_text())["labels"] == own["labels"] == ACL_NAMES
     exported = json.loads((run / "model" / "config.json").read_text())["id2label"]
     assert exported == {str(i): n for i, n in enumerate(ACL_NAMES)}  # what transformers reads as the label names
-    checkpoint = ["evaluate", "--checkpoint", str(run / "model"), "--max-length", "48"]
+    checkpoint = ["evaluate", "--model", str(run / "model"), "--max-length", "48"]
     assert evaluation.main([*checkpoint, *given]) == own["test"]
     assert evaluation.main([*checkpoint, *given, "--split", "dev"]) == own["dev"]
     with pytest.raises(ValueError, match="labels its classes"):  # the sorted default order is another label set

@@ -42,7 +42,7 @@ def cli(*argv):
 def test_evaluate_reproduces_the_runs_final_metrics(runs, kind):
     name = "tiny" if kind == "full" else "tiny-adapter"
     checkpoint = runs["runs"] / "acl" / name / "seed1" / "model"
-    out = cli("evaluate", "--checkpoint", str(checkpoint), "--dataset", "acl", "--data-dir", str(runs["data"]),
+    out = cli("evaluate", "--model", str(checkpoint), "--dataset", "acl", "--data-dir", str(runs["data"]),
               "--max-length", "64", "--json")
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -53,7 +53,7 @@ def test_evaluate_reproduces_the_runs_final_metrics(runs, kind):
 def test_evaluate_under_torchrun_gives_the_same_numbers(runs):
     checkpoint = runs["runs"] / "acl" / "tiny" / "seed1" / "model"
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(ROOT / "eval.py"), "evaluate", "--checkpoint", str(checkpoint), "--dataset", "acl",
+                          str(ROOT / "eval.py"), "evaluate", "--model", str(checkpoint), "--dataset", "acl",
                           "--data-dir", str(runs["data"]), "--max-length", "64", "--json"],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
@@ -73,7 +73,7 @@ def test_evaluate_a_transformers_checkpoint(runs, tmp_path):
                                                   initializer_range=0.5)).eval()
     hf.save_pretrained(tmp_path)
     shutil.copy(runs["enc"] / "vocab.txt", tmp_path / "vocab.txt")
-    result = evaluation.main(["evaluate", "--checkpoint", str(tmp_path), "--dataset", "acl",
+    result = evaluation.main(["evaluate", "--model", str(tmp_path), "--dataset", "acl",
                               "--data-dir", str(runs["data"]), "--device", "cpu"])
     # the oracle: transformers' own model, one example at a time
     import model
@@ -89,7 +89,7 @@ def test_evaluate_a_transformers_checkpoint(runs, tmp_path):
 
 def test_evaluate_refuses_a_checkpoint_for_other_labels(runs):
     checkpoint = runs["runs"] / "acl" / "tiny" / "seed1" / "model"
-    out = cli("evaluate", "--checkpoint", str(checkpoint), "--dataset", "restaurant", "--data-dir",
+    out = cli("evaluate", "--model", str(checkpoint), "--dataset", "restaurant", "--data-dir",
               str(runs["data"]))
     assert out.returncode == 2
     assert "6-label head but restaurant has 3 classes" in out.stderr and "Traceback" not in out.stderr

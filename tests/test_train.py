@@ -198,7 +198,7 @@ def test_resume_refuses_other_settings(task, tmp_path, monkeypatch):
     state = torch.load(ckpt, weights_only=False)
     del state["config"]["random_batches"]
     torch.save(state, ckpt)
-    with pytest.raises(ValueError, match=r"written by an older train.py.*Delete it to start seed 1 over"):
+    with pytest.raises(ValueError, match=r"written by an older train.py, .*Delete it to start seed 1 over"):
         train.main(args(task, tmp_path, "--resume", epochs=2))
     ckpt.write_bytes(original)
     (result,) = train.main(args(task, tmp_path, "--resume", epochs=2))
@@ -344,6 +344,6 @@ def test_each_rank_restores_its_own_rng_and_windows(task, tmp_path, monkeypatch)
                       "grad_norms": torch.full_like(state["ranks"][0]["grad_norms"], 20.0 + r)})
     torch.save({**state, "world_size": 2, "ranks": ranks}, ckpt)
     run.world = common.Dist(1, 2, torch.device("cpu"))
-    run.load_checkpoint()
+    runs.load_checkpoint(run)
     assert torch.equal(torch.get_rng_state(), ranks[1]["rng"]) and not torch.equal(ranks[0]["rng"], ranks[1]["rng"])
     assert torch.equal(run.window, ranks[1]["window"]) and torch.equal(run.grad_norms, ranks[1]["grad_norms"])

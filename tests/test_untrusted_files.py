@@ -138,7 +138,7 @@ def test_train_cli_refuses_a_planted_bin(task, tmp_path):
 
 def test_eval_cli_refuses_a_planted_bin(task, tmp_path):
     _bin_model(task, tmp_path / "m", tmp_path / "ran", "pickle4")
-    line = one_line_error(run("eval.py", "evaluate", "--checkpoint", tmp_path / "m", "--dataset", "acl",
+    line = one_line_error(run("eval.py", "evaluate", "--model", tmp_path / "m", "--dataset", "acl",
                               "--data-dir", task["data"]), "eval.py")
     assert not (tmp_path / "ran").exists()
     assert "refused weights file" in line and "posix.mkdir" in line
@@ -157,7 +157,7 @@ def test_a_pickle_named_safetensors_is_corrupt_not_run(task, tmp_path, name):
         model.save_pretrained(net, folder)
         (folder / "vocab.txt").write_bytes((task["enc"] / "vocab.txt").read_bytes())
     plant(folder / name, tmp_path / "ran", "pickle4")
-    line = one_line_error(run("eval.py", "evaluate", "--checkpoint", folder, "--dataset", "acl",
+    line = one_line_error(run("eval.py", "evaluate", "--model", folder, "--dataset", "acl",
                               "--data-dir", task["data"]), "eval.py")
     assert not (tmp_path / "ran").exists()
     assert f"could not read weights file {folder / name}: it is truncated or corrupt" in line
