@@ -390,7 +390,10 @@ class Run:
                 # backward. Micro-step gradients add up and DDP averages over ranks: scaling each SUMMED loss by
                 # world_size / len(indices) makes the update the exact mean over the global batch.
                 self.scaler.scale(loss * (world.world_size / len(indices))).backward()
-            self.window += torch.stack([loss.detach().double(), loss.new_tensor(len(micro), dtype=torch.float64)])
+            # sums on the device, read at log steps only; a Python number (not a new tensor: on a GPU, a copy the
+            # host waits for) is added as a kernel argument
+            self.window[0] += loss.detach()
+            self.window[1] += len(micro)
             self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
                                          self.step + 1, self.first_bad)
         # clip: the true gradients, not the fp16-scaled ones. The norm before clipping is logged (grad_norm); with

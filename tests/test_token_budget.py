@@ -109,3 +109,19 @@ def test_two_ranks_with_a_budget_equal_one_process_without(task, tmp_path):  # n
             own = [len(data._cuts(lengths[b[r::2]], 16, int(BUDGET), 1)) for r in range(2)]
             differ = differ or own[0] != own[1]
     assert differ, "no batch where the ranks' own counts differ: evening them out was not exercised"
+
+
+def test_memory_predicts_the_micro_batch_of_a_budget(tmp_path, capsys):
+    """memory.py --max-tokens: the activations of the micro-batch the budget makes (shard_batch's rule for one
+    length), not of the whole batch."""
+    import memory
+    from conftest import write_tiny_encoder
+    assert [memory.micro_batch(64, 256, t) for t in (0, 4096, 100, 10 ** 6)] == [64, 16, 1, 64]
+    lengths = np.full(64, 256)
+    assert len(data.shard_batch(np.arange(64), 0, 1, 64, lengths, 4096)[0]) == memory.micro_batch(64, 256, 4096)
+    enc = write_tiny_encoder(tmp_path / "enc", dropout=0.1)
+    memory.main(["--model", str(enc), "--batch-size", "64", "--seq-len", "64", "--max-tokens", "1024"])
+    out = capsys.readouterr().out
+    assert "batch 64 (micro-batch 16 under --max-tokens 1024)" in out
+    want = memory.estimate(model.load_config(enc), 16, 64).activations
+    assert f"{want / 1e9:.2f}" in out.split("activations (saved)")[1].split()[0]
