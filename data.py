@@ -320,13 +320,37 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
     return [batches[i] for i in rng.permutation(len(batches))] + short
 
 
-def shard_batch(batch: np.ndarray, rank: int, world_size: int, micro_batch_size: int) -> list[np.ndarray]:
+# The token budget train.py's --max-tokens takes on a CPU: a micro-batch of at most 4096 padded tokens. The README's
+# quick start (acl, MiniLM, batch 64, max length 256) then peaks at about 3 GB instead of 9 GB: activations grow
+# with tokens, and attention's (B, heads, T, T) tensors with tokens x T. On GPUs no budget is the default.
+CPU_MAX_TOKENS = 4096
+
+
+def _cuts(lengths: np.ndarray, micro_batch_size: int, max_tokens: int, multiple_of: int) -> list[int]:
+    """Where to cut a longest-first list of lengths: at most micro_batch_size examples per micro-batch and, with a
+    budget, at most max_tokens padded tokens (examples x the first one's length, rounded up as collate pads it),
+    but never fewer than one example."""
+    cuts, start = [0], 0
+    while start < len(lengths):
+        n = micro_batch_size
+        if max_tokens:
+            width = math.ceil(int(lengths[start]) / multiple_of) * multiple_of
+            n = min(n, max(max_tokens // max(width, 1), 1))
+        start = min(start + n, len(lengths))
+        cuts.append(start)
+    return cuts
+
+
+def shard_batch(batch: np.ndarray, rank: int, world_size: int, micro_batch_size: int,
+                lengths: np.ndarray | None = None, max_tokens: int = 0, multiple_of: int = 1) -> list[np.ndarray]:
     """This rank's micro-batches of one global batch (as `train_batches` gives it: longest first).
 
     Rank r takes every world_size-th example from position r (so ranks get similar lengths), then
-    cuts its piece into micro-batches. Every rank gets the same number of micro-batches,
-    ceil(ceil(len(batch) / world_size) / micro_batch_size), some possibly empty, because DDP needs
-    every rank to run the same number of backward passes.
+    cuts its piece into micro-batches of at most micro_batch_size examples and, with a token budget
+    (`max_tokens` > 0 and `lengths`, the split's lengths), at most max_tokens padded tokens each. Every
+    rank gets the same number of micro-batches, the most any rank needs (each rank computes every rank's
+    cuts from the same global batch), some possibly empty, because DDP needs every rank to run the same
+    number of backward passes.
 
     Loss contract: multiply each micro-batch's SUMMED loss by world_size / len(batch). Gradients
     add up over micro-batches and DDP averages them over ranks (divides by world_size), so the
@@ -336,9 +360,16 @@ def shard_batch(batch: np.ndarray, rank: int, world_size: int, micro_batch_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-    piece = np.asarray(batch)[rank::world_size]
-    steps = math.ceil(math.ceil(len(batch) / world_size) / micro_batch_size)
-    return [piece[i * micro_batch_size:(i + 1) * micro_batch_size] for i in range(steps)]
+    if max_tokens and lengths is None:
+        raise ValueError("a token budget (max_tokens) needs the lengths")
+    batch = np.asarray(batch)
+    if not max_tokens:  # every rank's piece has at most ceil(len / world_size) examples
+        steps = math.ceil(math.ceil(len(batch) / world_size) / micro_batch_size)
+        return [batch[rank::world_size][i * micro_batch_size:(i + 1) * micro_batch_size] for i in range(steps)]
+    cuts = [_cuts(lengths[batch[r::world_size]], micro_batch_size, max_tokens, multiple_of) for r in range(world_size)]
+    steps = max(len(c) - 1 for c in cuts)
+    piece, mine = batch[rank::world_size], cuts[rank] + [len(batch[rank::world_size])] * steps
+    return [piece[mine[i]:mine[i + 1]] for i in range(steps)]
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> list[np.ndarray]:

@@ -576,16 +576,26 @@ def _labels(precision: str, optimizer: str) -> dict[str, str]:
             "activations": "activations (saved)", "transient": "largest transient", "total": "total"}
 
 
+def micro_batch(batch_size: int, seq_len: int, max_tokens: int = 0) -> int:
+    """Examples per micro-batch under train.py's --max-tokens (data.shard_batch): as many of seq_len tokens as fit
+    in max_tokens, at least one, at most batch_size (0: no budget). Activations are those of one micro-batch;
+    gradients accumulate in place, so the step's peak is the micro-batch's."""
+    return min(batch_size, max(max_tokens // seq_len, 1)) if max_tokens else batch_size
+
+
 def _settings(args) -> str:
-    return (f"{args.precision}, {args.optimizer}, batch {args.batch_size} x {args.max_length} tokens, "
+    budget = (f" (micro-batch {micro_batch(args.batch_size, args.max_length, args.max_tokens)} under --max-tokens "
+              f"{args.max_tokens})") if args.max_tokens else ""
+    return (f"{args.precision}, {args.optimizer}, batch {args.batch_size}{budget} x {args.max_length} tokens, "
             f"{args.attention or 'flash'} attention" + (", activation checkpointing" if args.gradient_checkpointing else ""))
 
 
 def _full_and_adapters(cfg: modeling.Config, args, params: float | None = None) -> tuple[Breakdown, Breakdown]:
     kw = dict(num_labels=args.num_labels, precision=args.precision, optimizer=args.optimizer,
               checkpointing=args.gradient_checkpointing, attention=args.attention, params=params)
-    return (estimate(cfg, args.batch_size, args.max_length, **kw),
-            estimate(cfg, args.batch_size, args.max_length, adapter=args.bottleneck, placement=args.adapter_placement,
+    b = micro_batch(args.batch_size, args.max_length, args.max_tokens)
+    return (estimate(cfg, b, args.max_length, **kw),
+            estimate(cfg, b, args.max_length, adapter=args.bottleneck, placement=args.adapter_placement,
                      freeze_layernorm=args.freeze_layernorm, **kw))
 
 
@@ -604,7 +614,8 @@ def _why(args, full: Breakdown, peft: Breakdown, rep: dict) -> list[str]:
         "  optimizer:      " + (f"AdamW keeps two moments in the parameters' dtype, {2 * pb} B/param (+ a 4-byte "
                                 "step per tensor), not 4" if args.optimizer == "adamw"
                                 else f"SGD keeps one momentum buffer, {pb} B/param"),
-        (f"  activations:    derived for {args.batch_size} x {args.max_length} tokens, not assumed; frozen Linears keep "
+        (f"  activations:    derived for {micro_batch(args.batch_size, args.max_length, args.max_tokens)} x "
+         f"{args.max_length} tokens, not assumed; frozen Linears keep "
          f"no input for backward, so adapters keep {_share(full.activations - peft.activations, full.activations)} "
          "fewer"),
         (f"  saving:         {_gb(saved)} GB = {_share(saved, full.total)} of {_gb(full.total)} GB, against the "
@@ -677,6 +688,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-length", type=int, default=128, help="tokens per example: every example padded to it, "
                    "the worst case of train.py's --max-length (default: %(default)s)")
     p.add_argument("--seq-len", action=Renamed, new="--max-length")
+    p.add_argument("--max-tokens", type=int, default=0, metavar="N",
+                   help="train.py's token budget: activations of micro-batches of at most N tokens (default: none; "
+                   "train.py uses 4096 on a CPU)")
     # The adapter flags are train.py's (the adapters column is always shown, so --adapter changes nothing).
     p.add_argument("--adapter", nargs="?", type=int, metavar="", help="accepted as in train.py; the adapters "
                    "column is always shown")

@@ -338,7 +338,10 @@ def stop_on_signals():
 
 def agreed_stop_signal(world: Dist, *flags: bool) -> list[int]:
     """[stop signal, *flags], the same on every rank: the largest over ranks, so that one rank's signal stops
-    all of them at the same step. One tiny all-reduce; on one process no collective at all."""
+    all of them at the same step. One tiny all-reduce, read on the host; on one process no collective and no
+    tensor at all (nothing for a GPU to wait on)."""
+    if world.world_size == 1:
+        return [_stop_signal, *map(int, flags)]
     values = torch.tensor([_stop_signal, *flags], dtype=torch.long, device=world.device)
     all_reduce_max(values)
     return values.tolist()

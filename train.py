@@ -64,6 +64,7 @@ from common import (
     distributed,
     print0,
 )
+from model import DROPOUT_MASKS  # and so is `model`
 
 # (epochs, learning rate) of the experiment report this project reproduces. The report gives adapter
 # settings for agnews only; its adapter learning rate is used for the other two datasets as well.
@@ -137,6 +138,13 @@ class TrainConfig:
     device: str | None = opt(None, "cpu or cuda (default: cuda when available)", choices=("cpu", "cuda"))
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(128, "per-rank evaluation batch size", type=int)
+    max_tokens: int | None = opt(None, "at most N padded tokens (micro-batch x its padded length) per micro-batch: "
+                                       "a global batch of long texts is cut into more micro-batches, with the same "
+                                       f"update (default: {data.CPU_MAX_TOKENS} on a CPU, which bounds its memory; "
+                                       "none on a GPU; 0: none)", type=int)
+    dropout_masks: str = opt("auto", "how dropout draws its masks: torch (bernoulli_, as transformers does), fast (16 "
+                                     "bits per element from one bulk draw: 5-25x cheaper on a CPU); auto: fast on a "
+                                     "CPU, torch on a GPU", choices=DROPOUT_MASKS)
     # run folder and outputs
     out: str = opt("runs", "output folder")
     model_name: str | None = opt(None, "name of the model in the run folder (default: from --model)")
@@ -167,7 +175,7 @@ FLAG_GROUPS = {
     "model and PEFT": ("model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm"),
     "optimisation": ("seeds", "epochs", "batch_size", "micro_batch_size", "lr", "weight_decay", "warmup_ratio",
                      "max_grad_norm"),
-    "precision and devices": ("precision", "device", "compile", "eval_batch_size"),
+    "precision and devices": ("precision", "device", "compile", "eval_batch_size", "max_tokens", "dropout_masks"),
     "run folder and outputs": ("out", "model_name", "save", "log_every", "tensorboard"),
     "your own data": own_data.OWN_DATA,
     "cluster: checkpoints and interruptions": ("resume", "checkpoint_every", "checkpoint_minutes"),
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_args(argv)
     # the run folder's lock is held for one seed at a time (released after it, and on any error by the with)
     with runs.stop_on_signals(), distributed(cfg.device) as world, contextlib.ExitStack() as run_locks:
-        cfg = resolve(cfg, world.world_size)
+        cfg = resolve(cfg, world.world_size, world.device)
         if cfg.precision == "fp16" and world.device.type == "cpu":
             print0(FP16_ON_CPU)  # before anything slow: the user can stop and choose again
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -253,6 +261,7 @@ class Run:
         if cfg.adapter:  # freeze before DDP and before the optimizer: neither keeps anything for frozen weights
             adapter.add_adapters(net, bottleneck=cfg.bottleneck, placement=cfg.adapter_placement,
                                  freeze_layernorm=cfg.freeze_layernorm, verbose=world.master)
+        model.set_dropout_masks(net, cfg.dropout_masks)
         self.model = net.to(world.device)
         self.pad_id = net.config.pad_token_id
         self.trainable = [p for p in net.parameters() if p.requires_grad]
@@ -314,9 +323,13 @@ class Run:
                     self.log_train(epoch + (i + 1) / len(batches), n_log, tokens_log, time.perf_counter() - t_log, bar)
                     t_log, n_log, tokens_log = time.perf_counter(), 0, 0
                 # Every rank must take the same branch here (a checkpoint gathers every rank's RNG), so the
-                # stop signal and rank 0's clock go through one collective at each step.
-                stop, minutes_up = runs.agreed_stop_signal(world, world.master and runs.checkpoint_due(self))
+                # stop signal and rank 0's clock go through one collective, whose result the host reads: on a GPU
+                # that waits for the step to finish. So several ranks agree at log steps and epoch ends only (a
+                # signal then stops them up to --log-every steps later); one process reads its flag every step.
                 periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                stop, minutes_up = 0, False
+                if world.world_size == 1 or self.step % cfg.log_every == 0 or i == len(batches) - 1:
+                    stop, minutes_up = runs.agreed_stop_signal(world, world.master and runs.checkpoint_due(self))
                 if stop or ((periodic or minutes_up) and i < len(batches) - 1):  # the epoch end has its own
                     runs.save_checkpoint(self)
                 if stop:
@@ -335,8 +348,10 @@ class Run:
         """One optimizer step on one global batch: `indices` (B,) are example numbers of the train split, all
         ranks' examples (data.train_batches); this rank takes its share, in micro-batches."""
         cfg, world, enc = self.cfg, self.world, self.splits["train"]
-        # shard: this rank's examples of the global batch, cut into micro-batches (gradient accumulation)
-        micro_batches = data.shard_batch(indices, world.rank, world.world_size, cfg.micro_batch_size)
+        # shard: this rank's examples of the global batch, cut into micro-batches (gradient accumulation) of at most
+        # --micro-batch-size examples and --max-tokens padded tokens: the same number on every rank
+        micro_batches = data.shard_batch(indices, world.rank, world.world_size, cfg.micro_batch_size,
+                                         enc.lengths, cfg.max_tokens, data.pad_multiple(world.device))
         for j, micro in enumerate(micro_batches):
             # collate: token ids padded to the micro-batch's longest sequence, as tensors on the device
             inputs = {k: v.to(world.device, non_blocking=True) for k, v in
@@ -351,7 +366,10 @@ class Run:
                 # backward. Micro-step gradients add up and DDP averages over ranks: scaling each SUMMED loss by
                 # world_size / len(indices) makes the update the exact mean over the global batch.
                 self.scaler.scale(loss * (world.world_size / len(indices))).backward()
-            self.window += torch.stack([loss.detach().double(), loss.new_tensor(len(micro), dtype=torch.float64)])
+            # sums on the device, read at log steps only; a Python number (not a new tensor: on a GPU, a copy the
+            # host waits for) is added as a kernel argument
+            self.window[0] += loss.detach()
+            self.window[1] += len(micro)
             self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()),
                                          self.step + 1, self.first_bad)
         # clip: the true gradients, not the fp16-scaled ones. The norm before clipping is logged (grad_norm); with
@@ -502,8 +520,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return cfg
 
 
-def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
-    """Fill in the per-dataset defaults and reject settings that contradict each other."""
+def resolve(cfg: TrainConfig, world_size: int, device: torch.device) -> TrainConfig:
+    """Fill in the per-dataset and per-device defaults and reject settings that contradict each other."""
     if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
         raise UsageError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
     kind = "adapter" if cfg.adapter else "full"
@@ -513,15 +531,17 @@ def resolve(cfg: TrainConfig, world_size: int) -> TrainConfig:
         epochs=epochs if cfg.epochs is None else cfg.epochs, lr=lr if cfg.lr is None else cfg.lr,
         bottleneck=(64 if cfg.bottleneck is None else cfg.bottleneck) if cfg.adapter else None,
         adapter_placement=(cfg.adapter_placement or "houlsby") if cfg.adapter else None,
-        micro_batch_size=max(cfg.batch_size // world_size, 1) if cfg.micro_batch_size is None else cfg.micro_batch_size)
+        micro_batch_size=max(cfg.batch_size // world_size, 1) if cfg.micro_batch_size is None else cfg.micro_batch_size,
+        max_tokens=(data.CPU_MAX_TOKENS if device.type == "cpu" else 0) if cfg.max_tokens is None else cfg.max_tokens,
+        dropout_masks=model.dropout_masks(cfg.dropout_masks, device))
     for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "eval_batch_size", "log_every",
                  *(["bottleneck"] if cfg.adapter else [])):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.warmup_ratio < 1 or cfg.max_grad_norm < 0:
         raise UsageError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
-    if cfg.checkpoint_every < 0 or cfg.checkpoint_minutes < 0:
-        raise UsageError("--checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
+    if cfg.max_tokens < 0 or cfg.checkpoint_every < 0 or cfg.checkpoint_minutes < 0:
+        raise UsageError("--max-tokens, --checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise UsageError(f"--seeds has duplicates: {cfg.seeds}")
     if cfg.batch_size % (world_size * cfg.micro_batch_size):
