@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import adapter
 import model
-from conftest import random_batch
+from helpers import random_batch
 
 KINDS = ["bert", "roberta"]
 PLACEMENTS = ["houlsby", "pfeiffer"]
@@ -22,7 +22,7 @@ NUM_LABELS = 3
 
 
 def tiny_config(kind: str) -> model.Config:
-    """The sizes of conftest.tiny_hf_config, as our Config."""
+    """The sizes of helpers.tiny_hf_config, as our Config."""
     common = dict(model_type=kind, vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=37, initializer_range=0.2)
     if kind == "bert":

@@ -14,7 +14,7 @@ import report
 import runs as run_folders  # the fixture below is named runs
 import stats
 import train
-from conftest import ROOT, write_keyword_task, write_tiny_encoder
+from helpers import ROOT, write_keyword_task, write_tiny_encoder
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import runs_from_csv

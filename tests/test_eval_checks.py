@@ -15,7 +15,7 @@ import data
 import eval as evaluation
 import model
 import report
-from conftest import write_keyword_task, write_tiny_encoder
+from helpers import write_keyword_task, write_tiny_encoder
 
 ACL = data.DATASETS["acl"].labels
 

@@ -30,7 +30,7 @@ import model
 import report
 import runs
 import train
-from conftest import ROOT, hub_cache, write_keyword_task, write_tiny_encoder
+from helpers import ROOT, hub_cache, write_keyword_task, write_tiny_encoder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

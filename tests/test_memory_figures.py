@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import memory
 import model
-from conftest import ROOT
+from helpers import ROOT
 
 ROBERTA_BASE_CONFIG = {  # config.json of FacebookAI/roberta-base on the Hub
     "architectures": ["RobertaForMaskedLM"], "attention_probs_dropout_prob": 0.1, "bos_token_id": 0,

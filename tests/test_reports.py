@@ -14,7 +14,7 @@ import data
 import eval as evaluation
 import report
 import train
-from conftest import ROOT, write_keyword_task, write_tiny_encoder
+from helpers import ROOT, write_keyword_task, write_tiny_encoder
 
 
 @pytest.fixture(scope="module")
