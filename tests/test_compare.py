@@ -251,7 +251,7 @@ def test_bad_input_is_one_line(runs_root, tmp_path):
         assert "\n" not in str(e.value)
     out = cli("compare", str(folder), "fast", "bert")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines() == [f"eval.py: error: no model 'bert' in {folder} (there: fast, slow)"]
+    assert out.stderr.strip().splitlines() == [f"report.py: error: no model 'bert' in {folder} (there: fast, slow)"]
 
 
 def _hand_made(root, model_name, dataset, values, metric="f1_macro"):

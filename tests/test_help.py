@@ -1,0 +1,71 @@
+"""--help of every command line: each option's default shown once, as the user types it, and never
+`(default: None)`. Oracles: the dataclass defaults (train.py), the script's own first assignments
+(experiments/report.sh)."""
+
+import re
+import subprocess
+
+import pytest
+
+import memory
+import train
+from helpers import ROOT
+
+
+def option_help(text: str) -> dict[str, str]:
+    """--flag -> its help text, from argparse output printed without line wrapping."""
+    out, current = {}, None
+    for line in text.splitlines():
+        if m := re.match(r"^  (-h, )?(--[\w-]+)", line):
+            current = m[2]
+            out[current] = line[m.end():]
+        elif current and line.startswith("   "):
+            out[current] += " " + line.strip()
+        else:
+            current = None
+    return out
+
+
+def test_train_help_shows_each_default_once(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    helps = option_help(capsys.readouterr().out)
+    for f in train.dataclasses.fields(train.TrainConfig):
+        text = helps["--" + f.name.replace("_", "-")]
+        assert "(default: None)" not in text and "(default: False)" not in text
+        if f.type == "bool" or f.name == "dataset":
+            assert "default" not in text, text
+            continue
+        shown = text.count("(default: ")  # None: "absent" (no default to show) or words such as "per dataset"
+        assert shown == 1 if f.default is not None else shown <= 1, text
+        if f.default is not None:  # the value argparse really uses, shown as the user types it
+            shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else str(f.default)
+            assert f"(default: {shown})" in text, text
+
+
+def test_memory_help_shows_each_default_once(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        memory.main(["--help"])
+    helps = option_help(capsys.readouterr().out)
+    assert len(helps) > 15
+    for flag, text in helps.items():
+        assert "(default: None)" not in text and text.count("default") <= 1, (flag, text)
+        if flag not in ("--help", "--params", "--model", "--adapter", "--freeze-layernorm", "--checkpointing"):
+            assert "(default: " in text, (flag, text)
+    assert "(default: 64)" in helps["--batch-size"] and "(default: amp-bf16)" in helps["--precision"]
+
+
+def test_report_sh_help_prints_its_usage_with_the_scripts_defaults():
+    script = ROOT / "experiments" / "report.sh"
+    out = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stderr == ""
+    assert "--models" in out.stdout and "--torchrun" in out.stdout and not out.stdout.startswith("#")
+    source = script.read_text()
+    for var in ("models", "adapter_model", "datasets", "seeds", "out"):
+        value = re.findall(rf'\b{var}="([^"]*)"', source)[0]  # the first assignment: the default the script uses
+        flag = "--" + var.replace("_", "-")
+        (entry,) = [e for e in re.split(r"\n(?=  --)", out.stdout) if e.startswith(f"  {flag} ")]
+        entry = " ".join(entry.split())  # an entry may go on over indented lines
+        assert re.search(rf"\(default: {re.escape(value)}[),]", entry) and entry.count("default") == 1, (flag, entry)
