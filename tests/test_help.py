@@ -4,6 +4,7 @@
 
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -69,3 +70,14 @@ def test_report_sh_help_prints_its_usage_with_the_scripts_defaults():
         (entry,) = [e for e in re.split(r"\n(?=  --)", out.stdout) if e.startswith(f"  {flag} ")]
         entry = " ".join(entry.split())  # an entry may go on over indented lines
         assert re.search(rf"\(default: {re.escape(value)}[),]", entry) and entry.count("default") == 1, (flag, entry)
+
+
+def test_report_sh_calls_only_commands_that_exist():
+    """report.sh ends with `python "$here/<script>.py" <command> ...`: each command must be one its script has
+    (after eval.py's summarize and plot moved to report.py, the grid ran for hours and then failed here)."""
+    calls = re.findall(r'python "\$here/(\w+\.py)" (\w+)', (ROOT / "experiments" / "report.sh").read_text())
+    assert len(calls) >= 2
+    for script, command in calls:
+        out = subprocess.run([sys.executable, str(ROOT / script), command, "--help"], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, (script, command, out.stderr)
