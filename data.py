@@ -303,7 +303,7 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
     order of the full batches. The one short batch (n % batch_size examples), if any, comes last.
     Each batch is sorted longest first, which `shard_batch` relies on. Every index appears once.
     `group_by_length=False` skips the mega-batch sort: batches of random examples, as a plain
-    shuffling sampler gives (more padding, more varied batches; see README "Speed").
+    shuffling sampler gives (more padding, more varied batches; see docs/speed.md).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -62,5 +62,5 @@ for dataset in $datasets; do
   [ -n "$adapter_model" ] && run "$adapter_model" "$dataset" "$s" --adapter "${adapter_extra[@]}"
 done
 echo "grid done in $(( (SECONDS - start) / 60 )) min"
-python "$here/eval.py" summarize "$out" | tee "$out/summary.md"
-python "$here/eval.py" plot "$out" --out "$out/figures"
+python "$here/report.py" summarize "$out" | tee "$out/summary.md"
+python "$here/report.py" plot "$out" --out "$out/figures"

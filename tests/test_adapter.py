@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import adapter
+import eval as evaluation
 import model
-from conftest import random_batch
+from helpers import random_batch
 
 KINDS = ["bert", "roberta"]
 PLACEMENTS = ["houlsby", "pfeiffer"]
@@ -22,7 +23,7 @@ NUM_LABELS = 3
 
 
 def tiny_config(kind: str) -> model.Config:
-    """The sizes of conftest.tiny_hf_config, as our Config."""
+    """The sizes of helpers.tiny_hf_config, as our Config."""
     common = dict(model_type=kind, vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=37, initializer_range=0.2)
     if kind == "bert":
@@ -328,3 +329,21 @@ def test_not_an_adapter_dir(base_dirs, tmp_path):
         adapter.from_pretrained(base_dirs["bert", 0])
     with pytest.raises(ValueError, match="no adapters"):
         adapter.save_adapters(tiny_base("bert"), tmp_path, base="x")
+
+
+# --------------------------------------------------------------------------- a portable adapter base
+
+
+def test_adapter_config_records_the_alias_and_loads_it(minilm_dir, tmp_path):
+    torch.manual_seed(0)
+    net = adapter.add_adapters(model.from_pretrained(minilm_dir, num_labels=3), bottleneck=8, verbose=False)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))  # as if trained
+    adapter.save_adapters(net, tmp_path / "ad", base=str(minilm_dir))  # what the README's old recipe passed
+    assert adapter.read_config(tmp_path / "ad")["base"] == "minilm"
+    loaded, tok = evaluation.load_model(tmp_path / "ad")  # the alias is resolved again when loading
+    ids = torch.tensor([tok.encode("the soup was cold").ids])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(ids), net.eval()(ids), atol=0, rtol=0)

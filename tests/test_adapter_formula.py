@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import adapter
 import model
 import train
-from conftest import random_batch, write_keyword_task, write_tiny_encoder
+from helpers import random_batch, write_keyword_task, write_tiny_encoder
 
 P_HIDDEN = 0.25  # dropout on, so that the formula's dropout(dense(h)) is a real step
 

@@ -4,7 +4,7 @@ a rename in the runtime, or a bench module that shadows a project module, breaks
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "benchlib.py")
 

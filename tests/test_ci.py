@@ -1,8 +1,9 @@
 """CI never passes by skipping: under REQUIRE_ALL_TESTS=1 (set by .ci/run) every skip is a failure.
 
 The check runs pytest in a subprocess on probe tests that use the real conftest.py (copied beside
-them) with ../shared pointed at an empty folder and the MiniLM package made unimportable: without
-the variable they are skipped with their reasons, with it each one fails and says why.
+them, with the helpers.py it imports) with ../shared pointed at an empty folder and the MiniLM
+package made unimportable: without the variable they are skipped with their reasons, with it each
+one fails and says why.
 """
 
 import os
@@ -13,7 +14,7 @@ import sys
 
 import torch
 
-from conftest import REQUIRE_ALL, ROOT
+from helpers import REQUIRE_ALL, ROOT
 
 PROBES = {
     "test_probe.py": '''
@@ -53,7 +54,8 @@ def _pytest(tmp_path, require: bool):
     probe = tmp_path / "probe"
     if not probe.exists():
         probe.mkdir()
-        shutil.copy(ROOT / "tests" / "conftest.py", probe / "conftest.py")
+        for name in ("conftest.py", "helpers.py"):  # the real hooks and fixtures, and the helpers they import
+            shutil.copy(ROOT / "tests" / name, probe / name)
         for name, text in PROBES.items():
             (probe / name).write_text(text)
         (tmp_path / "empty").mkdir()

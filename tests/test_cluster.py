@@ -20,7 +20,7 @@ import torch
 import common
 import runs
 import train
-from conftest import ROOT, without_timings, write_keyword_task, write_tiny_encoder
+from helpers import ROOT, without_timings, write_keyword_task, write_tiny_encoder
 
 EPOCHS = 4  # 40 steps of 32 examples: long enough to be signalled mid-run, short enough to run often
 STEPS = 10 * EPOCHS

@@ -11,10 +11,10 @@ import pytest
 import scipy.stats
 
 import report
-import runs as run_folders  # the fixture below is named runs
+import runs
 import stats
 import train
-from conftest import ROOT, write_keyword_task, write_tiny_encoder
+from helpers import ROOT, write_keyword_task, write_tiny_encoder
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import runs_from_csv
@@ -191,7 +191,7 @@ def test_seeds_needed_never_below_what_the_exact_test_can_resolve():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs_root(tmp_path_factory):
     """Two "models" (one learning rate each) x 3 seeds x 1 epoch of the tiny encoder on a small keyword task."""
     root = tmp_path_factory.mktemp("compare")
     enc, task = write_tiny_encoder(root / "enc"), write_keyword_task(root / "data", sizes=(64, 20, 60))
@@ -206,8 +206,8 @@ def cli(*argv):
     return subprocess.run([sys.executable, str(ROOT / "report.py"), *argv], capture_output=True, text=True, timeout=300)
 
 
-def test_compare_real_runs_through_the_cli(runs, capsys):
-    folder, results = runs
+def test_compare_real_runs_through_the_cli(runs_root, capsys):
+    folder, results = runs_root
     out = cli("compare", str(folder), "fast", "slow", "--format", "json", "--alpha", "0.1")
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)
@@ -232,8 +232,8 @@ def test_compare_real_runs_through_the_cli(runs, capsys):
     assert ("(an estimate" in text) == (fast.mean() != slow.mean())
 
 
-def test_bad_input_is_one_line(runs, tmp_path):
-    folder, _ = runs
+def test_bad_input_is_one_line(runs_root, tmp_path):
+    folder, _ = runs_root
     cases = [
         (["compare", str(folder), "fast", "bert"], "no model 'bert' in .* \\(there: fast, slow\\)"),
         (["compare", str(folder), "fast", "slow", "--dataset", "agnews"], "no dataset 'agnews' in .* \\(there: acl\\)"),
@@ -251,7 +251,7 @@ def test_bad_input_is_one_line(runs, tmp_path):
         assert "\n" not in str(e.value)
     out = cli("compare", str(folder), "fast", "bert")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines() == [f"eval.py: error: no model 'bert' in {folder} (there: fast, slow)"]
+    assert out.stderr.strip().splitlines() == [f"report.py: error: no model 'bert' in {folder} (there: fast, slow)"]
 
 
 def _hand_made(root, model_name, dataset, values, metric="f1_macro"):
@@ -329,22 +329,22 @@ def test_claims_statuses(tmp_path):
 def test_report_claims_file_names_the_reports_run_folders():
     claims = report.read_claims(ROOT / "experiments" / "report_claims.json", "f1_macro")
     # experiments/report.sh passes these --model aliases (and --adapter for roberta-base): its run folders
-    names = {run_folders.model_slug(train.TrainConfig(dataset="acl", model=m)) for m in
+    names = {runs.model_slug(train.TrainConfig(dataset="acl", model=m)) for m in
              re.search(r'models="([^"]+)"', (ROOT / "experiments" / "report.sh").read_text())[1].split()}
-    names.add(run_folders.model_slug(train.TrainConfig(dataset="acl", model="roberta-base", adapter=True)))
+    names.add(runs.model_slug(train.TrainConfig(dataset="acl", model="roberta-base", adapter=True)))
     assert names == {"roberta-base", "bert-base-uncased", "scibert", "roberta-base-adapter"}
     assert {c["a"] for c in claims} | {c["b"] for c in claims} == names
     pairs = [(c["a"], c["b"], c["dataset"]) for c in claims]
     assert len(pairs) == len(set(pairs)) == 9
 
 
-# ----------------------------------------------------------------------------- the README's worked example
+# ----------------------------------------------------------------------------- the worked example of docs/reports.md
 
 
-def test_readme_worked_example_is_what_the_cli_prints(tmp_path, capsys):
+def test_docs_worked_example_is_what_the_cli_prints(tmp_path, capsys):
     folder = tmp_path / "minilm-grid-csv"
     runs_from_csv.runs_from_csv(ROOT / "docs" / "minilm-grid" / "seeds.csv", folder)
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "reports.md").read_text()  # the README's reports section moved there
     for argv in (["compare", str(folder), "minilm-adapter", "minilm"],
                  ["claims", str(folder), str(ROOT / "docs" / "minilm-grid" / "claims.json")]):
         report.main(argv)

@@ -18,7 +18,7 @@ import torch
 
 import model
 import train
-from conftest import FILLER, KEYWORDS, random_batch, tiny_hf_model
+from helpers import FILLER, KEYWORDS, random_batch, tiny_hf_model
 
 ATOL = 1e-5  # fp32, the same ops in the same order: the parity tests' tolerance
 

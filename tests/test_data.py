@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import data
-from conftest import hub_cache
+from helpers import hub_cache
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from scipy import stats
 
 import model
 import train
-from conftest import random_batch, write_tiny_encoder
+from helpers import random_batch, write_tiny_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N = 1 << 20  # elements per mask: the rate is then known to +-0.0006 (2 sigma at p = 0.1)

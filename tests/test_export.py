@@ -17,7 +17,7 @@ import torch
 import data
 import model
 import train
-from conftest import real_texts, tiny_hf_model, write_keyword_task, write_tiny_encoder
+from helpers import real_texts, tiny_hf_model, write_keyword_task, write_tiny_encoder
 
 LABELS = data.DATASETS["restaurant"].labels  # positive, neutral, negative
 

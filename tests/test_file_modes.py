@@ -16,7 +16,7 @@ import pytest
 import hub
 import runs
 import train
-from conftest import write_keyword_task, write_tiny_encoder
+from helpers import write_keyword_task, write_tiny_encoder
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The import rule of common.py's docstring, read from the source with ast: files in layers, each importing
-only from the layers before it (common | model, data, stats | adapter | memory, eval | train), so nothing imports
-train and there is no cycle. ast sees every import statement, also one hidden inside a function."""
+only from the layers before it (see LAYERS), so nothing imports train, the core never imports report.py, and
+there is no cycle. ast sees every import statement, also one hidden inside a function."""
 
 import ast
 from pathlib import Path

@@ -243,3 +243,22 @@ def test_every_cli_offers_the_placements_adapter_py_defines(capsys, monkeypatch)
             ",".join(adapter.PLACEMENTS)}, parse
     for placement in adapter.PLACEMENTS:
         assert memory.estimate(ROBERTA_BASE, 8, 128, adapter=8, placement=placement).trainable > 0
+
+
+# --------------------------------------------------------------------------- memory.py's wording
+
+
+def test_memory_output_reads_like_the_report(capsys, minilm_dir):
+    memory.main(["--params", "3e9"])
+    out = capsys.readouterr().out
+    assert "3 billion parameters" in out and "2.97 billion parameters" in out
+    assert "e+09" not in out and "billed" not in out and "report_numbers" not in out
+    memory.main(["--model", str(minilm_dir)])
+    out = capsys.readouterr().out
+    assert "-0.00 " not in out + " "
+    cfg = model.load_config(minilm_dir)
+    full = memory.estimate(cfg, 64, 128, precision="bf16")
+    peft = memory.estimate(cfg, 64, 128, precision="bf16", adapter=64)
+    (weights_row,) = [line for line in out.splitlines() if line.lstrip().startswith("weights")]
+    saving = float(weights_row.split()[-1])
+    assert saving < 0 and saving == pytest.approx((full.weights - peft.weights) / 1e9, abs=5e-4)

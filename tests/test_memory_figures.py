@@ -1,9 +1,9 @@
 """memory.py: totals are the sum of their lines, the flash-attention path against what autograd
-saves, and the figures the README publishes against what the code computes now.
+saves, and the figures docs/memory.md publishes against what the code computes now.
 
-The README is parsed, not copied: its sample output of `memory.py --model roberta-base ...` must be
+The page is parsed, not copied: its sample output of `memory.py --model roberta-base ...` must be
 what the CLI prints today, and each number in its prose must be what `estimate` / `report_numbers`
-/ the `--params 3e9` CLI give, at the precision the README prints. Change the code or the README
+/ the `--params 3e9` CLI give, at the precision the page prints. Change the code or the page
 alone and this fails; change both together and it passes.
 """
 
@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import memory
 import model
-from conftest import ROOT
+from helpers import ROOT
 
 ROBERTA_BASE_CONFIG = {  # config.json of FacebookAI/roberta-base on the Hub
     "architectures": ["RobertaForMaskedLM"], "attention_probs_dropout_prob": 0.1, "bos_token_id": 0,
@@ -112,17 +112,14 @@ def test_flash_path_equals_what_autograd_saves(kind, precision, bottleneck):
     assert flash.activations == est.activations  # the same path, asked for by name
 
 
-# --------------------------------------------------------------------------- the README's figures
+# --------------------------------------------------------------------------- the figures of docs/memory.md
 
 
 def _memory_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## Memory")
-    end = text.index("\n## ", start + 1)
-    return text[start:end]
+    return (ROOT / "docs" / "memory.md").read_text()  # the README's memory section moved to its own page
 
 
-def test_readme_sample_output_is_what_the_cli_prints(tmp_path, monkeypatch, capsys):
+def test_docs_sample_output_is_what_the_cli_prints(tmp_path, monkeypatch, capsys):
     """The block after the README's `memory.py --model roberta-base ...` command, run where
     roberta-base/ is a local folder holding roberta-base's config.json, as the README says."""
     section = _memory_section()
@@ -151,7 +148,7 @@ def _same(readme: str, value: float) -> None:
     assert f"{value:.{decimals}f}" == readme, (readme, value)
 
 
-def test_readme_prose_figures(capsys):
+def test_docs_prose_figures(capsys):
     prose = " ".join(_memory_section().split())
     gb = 1e9
     rep = memory.report_numbers(3e9)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import model
-from conftest import ROOT, hub_cache, random_batch, tiny_hf_config, tiny_hf_model
+from helpers import ROOT, hub_cache, random_batch, tiny_hf_config, tiny_hf_model
 
 # ----------------------------------------------------------------------------- logits parity
 

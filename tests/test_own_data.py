@@ -20,7 +20,7 @@ import eval as evaluation
 import own_data
 import report
 import train
-from conftest import ROOT, hub_cache, without_timings, write_keyword_task, write_tiny_encoder
+from helpers import ROOT, hub_cache, without_timings, write_keyword_task, write_tiny_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 

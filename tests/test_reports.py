@@ -1,11 +1,16 @@
-"""eval.py reports: evaluate a saved checkpoint, summarize a runs folder, plot it."""
+"""A runs folder's reports, on a short real sweep and on hand-made runs: eval.py evaluate of a saved model,
+report.py summarize, and report.py plot (every panel draws the metric its title names: the plotted data
+against means computed here from the runs' metrics.jsonl; figures of one epoch are readable)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import matplotlib.figure
 import numpy as np
 import pytest
 import torch
@@ -14,7 +19,7 @@ import data
 import eval as evaluation
 import report
 import train
-from conftest import ROOT, write_keyword_task, write_tiny_encoder
+from helpers import ROOT, write_keyword_task, write_tiny_encoder
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +33,17 @@ def runs(tmp_path_factory):
     full = train.main(common + ["--seeds", "1", "2"])
     adapted = train.main(common + ["--seeds", "1", "--adapter", "--bottleneck", "8"])
     return {"root": root, "runs": root / "runs", "enc": enc, "data": task, "full": full, "adapter": adapted}
+
+
+@pytest.fixture(scope="module")
+def one_epoch_runs(runs):
+    """One dataset, one epoch, one seed: full fine-tuning and adapters, both saved."""
+    out = runs["root"] / "one_epoch"
+    common = ["--dataset", "acl", "--model", str(runs["enc"]), "--model-name", "tiny", "--data-dir", str(runs["data"]),
+              "--out", str(out), "--epochs", "1", "--lr", "3e-3", "--batch-size", "32", "--max-length", "64", "--save"]
+    train.main(common)
+    train.main(common + ["--adapter", "--bottleneck", "8"])
+    return out
 
 
 def cli(*argv):
@@ -93,6 +109,18 @@ def test_evaluate_refuses_a_checkpoint_for_other_labels(runs):
               str(runs["data"]))
     assert out.returncode == 2
     assert "6-label head but restaurant has 3 classes" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_evaluate_on_a_run_folder_points_to_its_model(one_epoch_runs, tmp_path):
+    run = one_epoch_runs / "acl" / "tiny" / "seed1"
+    with pytest.raises(FileNotFoundError, match=f"pass --model {re.escape(str(run / 'model'))}$"):
+        evaluation.load_model(run)
+    net, _ = evaluation.load_model(run / "model")  # the hint is right: that folder loads
+    assert net.num_labels == 6
+    unsaved = tmp_path / "seed1"
+    shutil.copytree(run, unsaved, ignore=shutil.ignore_patterns("model"))  # as a run without --save leaves it
+    with pytest.raises(FileNotFoundError, match="without a saved model: train it with --save"):
+        evaluation.load_model(unsaved)
 
 
 # ----------------------------------------------------------------------------- summarize
@@ -169,3 +197,133 @@ def test_plot_writes_readable_figures(runs, tmp_path):
         height, width = image.shape[:2]
         assert 500 <= height <= 2000 and 500 <= width <= 3000
         assert image.std() > 0.05  # not a blank canvas
+
+
+PANELS = {  # title -> (split, metric, y label); independent of eval.py's own tables
+    "train loss": ("train", "loss", "loss"),
+    "test loss": ("test", "loss", "loss"),
+    "test accuracy": ("test", "accuracy", "accuracy (%)"),
+    "test macro-F1": ("test", "f1_macro", "macro-F1 (%)"),
+    "test micro-F1": ("test", "f1_micro", "micro-F1 (%)"),
+}
+
+
+def _write_runs(root):
+    """Hand-made runs: 3 seeds of bert and 2 of bert-adapter on acl, 2 of bert on restaurant, with
+    every metric drawn independently (so a panel showing another metric's data cannot match)."""
+    rng = np.random.default_rng(0)
+    runs = {}
+    for dataset, model_name, seeds in [("acl", "bert", 3), ("acl", "bert-adapter", 2), ("restaurant", "bert", 2)]:
+        for seed in range(1, seeds + 1):
+            path = root / dataset / model_name / f"seed{seed}"
+            path.mkdir(parents=True)
+            steps = [10, 20, 30] + ([40] if seed == 3 else [])  # seed 3 logged one step more
+            records = []
+            for i, step in enumerate(steps):
+                records.append({"step": step - 5, "epoch": i + 0.5, "split": "train",
+                                "loss": float(rng.uniform(0.2, 2)), "lr": 1e-5, "examples_per_s": 100.0})
+                records.append({"step": step, "epoch": i + 1, "split": "test",
+                                **{m: float(rng.uniform(0.1, 0.9)) for m in ("loss", "accuracy", "f1_macro",
+                                                                              "f1_micro")}})
+            (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            runs.setdefault((dataset, model_name), []).append(records)
+    return runs
+
+
+def _expected(seeds_records, split, metric, x):
+    """x values every seed has, mean and sample std over seeds, in the plot's units (metrics in %)."""
+    curves = [{r[x]: r[metric] for r in records if r["split"] == split} for records in seeds_records]
+    xs = sorted(set.intersection(*(set(c) for c in curves)))
+    values = np.array([[c[v] for v in xs] for c in curves])
+    scale = 1 if metric == "loss" else 100
+    std = values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(xs))
+    return np.array(xs, dtype=float), scale * values.mean(0), scale * std
+
+
+def _check_panel(ax, runs, dataset, split, metric, x):
+    lines = ax.get_lines()
+    bands = ax.collections
+    assert len(lines) == len(bands) > 0
+    for line, band in zip(lines, bands):
+        name, n = line.get_label().rsplit(" (", 1)
+        seeds = runs[dataset, name]
+        assert int(n.rstrip(")")) == len(seeds)
+        xs, mean, std = _expected(seeds, split, metric, x)
+        np.testing.assert_allclose(line.get_xydata(), np.stack([xs, mean], 1), rtol=1e-12,
+                                   err_msg=f"{dataset} {split} {metric} {name}")
+        ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+        np.testing.assert_allclose([ys.min(), ys.max()], [(mean - std).min(), (mean + std).max()], rtol=1e-12)
+
+
+def test_each_plot_panel_draws_the_metric_it_names(tmp_path, monkeypatch):
+    runs = _write_runs(tmp_path / "runs")
+    figures = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: figures.update({path.name: fig}))
+    written = report.plot(tmp_path / "runs", tmp_path / "out")
+    assert sorted(p.name for p in written) == sorted(figures) == ["acl.png", "adapter_vs_full_bert.png",
+                                                                 "restaurant.png"]
+    for dataset in ("acl", "restaurant"):
+        axes = [ax for ax in figures[f"{dataset}.png"].axes if ax.get_title()]
+        assert sorted(ax.get_title() for ax in axes) == sorted(PANELS)
+        for ax in axes:
+            split, metric, ylabel = PANELS[ax.get_title()]
+            assert ax.get_ylabel() == ylabel and ax.get_xlabel() == "step"
+            _check_panel(ax, runs, dataset, split, metric, "step")
+    axes = figures["adapter_vs_full_bert.png"].axes  # per dataset with bert or bert-adapter runs, two panels
+    metrics = {"test accuracy": "accuracy", "test macro-F1": "f1_macro"}
+    assert sorted(ax.get_title() for ax in axes) == sorted(f"{d}: {t}" for d in ("acl", "restaurant") for t in metrics)
+    for ax in axes:
+        dataset, title = ax.get_title().split(": ")
+        assert ax.get_xlabel() == "epoch"
+        assert sorted(line.get_label() for line in ax.get_lines()) == (
+            ["bert (3)", "bert-adapter (2)"] if dataset == "acl" else ["bert (2)"])
+        _check_panel(ax, runs, dataset, "test", metrics[title], "epoch")
+
+
+def test_plot_without_metrics_records_is_one_line_not_blank_figures(tmp_path, capsys):
+    """A runs folder of result.json files only (as experiments/runs_from_csv.py writes): nothing to draw."""
+    seed = tmp_path / "runs" / "acl" / "minilm" / "seed1"
+    seed.mkdir(parents=True)
+    (seed / "result.json").write_text(json.dumps({"test": {"accuracy": 0.5, "f1_macro": 0.2}}))
+    assert report.cli(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "fig")]) == 2
+    assert "holds no metrics.jsonl records to draw" in capsys.readouterr().err
+    assert not (tmp_path / "fig").exists()  # no blank PNGs
+
+
+def _figures(runs: Path, out: Path, monkeypatch) -> dict:
+    """report.py plot's figures, kept open: name -> Figure (captured as they are saved)."""
+    import matplotlib.figure
+    figures, save = {}, matplotlib.figure.Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):
+        figures[Path(path).name] = fig
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    monkeypatch.setattr("matplotlib.pyplot.close", lambda fig=None: None)
+    report.plot(runs, out)
+    return figures
+
+
+@pytest.mark.parametrize("n_datasets", [1, 3])
+def test_figures_are_readable_for_one_epoch(one_epoch_runs, tmp_path, monkeypatch, n_datasets):
+    runs = tmp_path / "runs"
+    for dataset in ("acl", "restaurant", "agnews")[:n_datasets]:  # the same seeds under other dataset names
+        shutil.copytree(one_epoch_runs / "acl", runs / dataset)
+    figures = _figures(runs, tmp_path / "figures", monkeypatch)
+    assert "adapter_vs_full_tiny.png" in figures and len(figures) == n_datasets + 1
+    for name, fig in figures.items():
+        renderer = fig.canvas.get_renderer()
+        width, height = fig.bbox.width, fig.bbox.height
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts]  # the suptitle
+        boxes += [(ax.get_title(), ax.get_tightbbox(renderer)) for ax in fig.axes]  # all an axes draws
+        for what, box in boxes:  # nothing cut at the figure's edges
+            assert box.x0 >= -1 and box.x1 <= width + 1 and box.y0 >= -1 and box.y1 <= height + 1, (name, what)
+        for ax in fig.axes:
+            if not ax.axison:  # the legend's panel
+                continue
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert ticks and all(float(t).is_integer() for t in ticks), (name, ax.get_title(), ticks)
+            marked = [line for line in ax.get_lines() if line.get_marker() not in (None, "", "None")]
+            assert marked, (name, ax.get_title())  # a single evaluation is a visible point, not a 0-length line

@@ -12,7 +12,7 @@ import pytest
 
 import data
 import train
-from conftest import ROOT, TIMINGS, write_keyword_task, write_tiny_encoder
+from helpers import ROOT, TIMINGS, write_keyword_task, write_tiny_encoder
 
 pytest.importorskip("tensorboard", reason="pip install tensorboard (requirements-dev.txt) for the reader")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -116,7 +116,7 @@ def test_memory_predicts_the_micro_batch_of_a_budget(tmp_path, capsys):
     """memory.py --max-tokens: the activations of the micro-batch the budget makes (shard_batch's rule for one
     length), not of the whole batch."""
     import memory
-    from conftest import write_tiny_encoder
+    from helpers import write_tiny_encoder
     assert [memory.micro_batch(64, 256, t) for t in (0, 4096, 100, 10 ** 6)] == [64, 16, 1, 64]
     lengths = np.full(64, 256)
     assert len(data.shard_batch(np.arange(64), 0, 1, 64, lengths, 4096)[0]) == memory.micro_batch(64, 256, 4096)

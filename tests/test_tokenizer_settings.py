@@ -15,7 +15,7 @@ import shutil
 import pytest
 
 import model
-from conftest import real_texts
+from helpers import real_texts
 
 EXTRA = ["Hello World", "Héllo wörld, naïve CAFÉ", "中文 text 日本語 mixed", "UPPER lower MiXeD Case",
          "a [SEP] inside", "ACL-ARC: 12.5% of 2,000 citations", "ﬁne-tuning ＢＥＲＴ"]

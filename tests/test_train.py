@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import common
 import runs
 import train
-from conftest import ROOT, without_timings, write_keyword_task, write_tiny_encoder
+from helpers import ROOT, without_timings, write_keyword_task, write_tiny_encoder
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import data
 import model
 import runs
 import train
-from conftest import FILLER, KEYWORDS, random_batch, tiny_hf_config, write_keyword_task
+from helpers import FILLER, KEYWORDS, random_batch, tiny_hf_config, write_keyword_task
 from test_train import read_metrics, run_cli  # run_cli: torchrun with one thread per rank
 
 LABELS = data.DATASETS["acl"].labels

@@ -19,7 +19,7 @@ import adapter
 import model
 import runs
 import train
-from conftest import ROOT, write_keyword_task, write_tiny_encoder
+from helpers import ROOT, write_keyword_task, write_tiny_encoder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

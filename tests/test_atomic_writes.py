@@ -21,7 +21,7 @@ import adapter
 import hub
 import model
 import runs
-from conftest import ROOT
+from helpers import ROOT
 
 OLD, NEW = b"old contents, complete\n" * 50, b"NEW CONTENTS " * 400
 

@@ -1,4 +1,5 @@
-"""fp16: a step whose update the GradScaler skips is not a step of the learning-rate schedule.
+"""--precision: with fp16, a step whose update the GradScaler skips is not a step of the learning-rate
+schedule; fp16 on a CPU says what it costs before any input is read.
 
 Overflows are forced on the CPU by turning one parameter's gradient into inf on chosen steps. The
 oracles are independent of train.py's own detection (the scale going down): AdamW's own step
@@ -16,7 +17,7 @@ import torch
 
 import runs
 import train
-from conftest import without_timings, write_keyword_task, write_tiny_encoder
+from helpers import without_timings, write_keyword_task, write_tiny_encoder
 
 SKIPPED = {0, 1, 2, 6}  # step indices (0-based): three inside the warm-up, one after it
 STEPS, WARMUP = 12, 4  # 96 examples / batch 16 = 6 steps per epoch, 2 epochs; ceil(0.3 * 12) = 4
@@ -109,7 +110,7 @@ def test_skipped_steps_do_not_advance_the_schedule(uninterrupted):
     # the logged lr is the one the next update will use: the schedule at the number of updates so far
     assert [r["lr"] for r in records] == pytest.approx([ref[r["step"] - k] for r, k in zip(records, want_skipped)])
     lines = [line for line in uninterrupted["stdout"].splitlines() if line.startswith("step ")]
-    assert len(lines) == STEPS and lines[0].endswith("| skipped 1") and lines[-1].endswith("| skipped 4")
+    assert len(lines) == STEPS and lines[0].endswith("| skipped_steps 1") and lines[-1].endswith("| skipped_steps 4")
 
 
 def test_resume_keeps_the_skipped_count(task, tmp_path, overflows, monkeypatch, uninterrupted):
@@ -136,3 +137,18 @@ def test_no_skips_without_fp16(task, tmp_path):
     (result,) = train.main(argv(task, tmp_path, precision="fp32"))
     assert result["skipped_steps"] == 0
     assert all(r["skipped_steps"] == 0 for r in train_records(tmp_path / "acl" / "enc" / "seed1"))
+
+
+# ----------------------------------------------------------------------------- fp16 on a CPU
+
+
+def test_fp16_on_a_cpu_says_what_it_costs_before_any_input_is_read(task, tmp_path, capsys):
+    common = ["--dataset", "acl", "--model", str(task["enc"]), "--device", "cpu", "--data-dir", str(tmp_path)]
+    with pytest.raises(FileNotFoundError):  # the data files are missing: the note came before they were read
+        train.main([*common, "--precision", "fp16"])
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("note: --precision fp16 on a CPU runs about 8x slower than fp32") and "bf16" in line
+    for precision in ("auto", "fp32", "bf16"):
+        with pytest.raises(FileNotFoundError):
+            train.main([*common, "--precision", precision])
+        assert capsys.readouterr().out == ""
