@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,28 @@ def test_checkpoint_minutes(task, tmp_path, monkeypatch, minutes, saved):
     monkeypatch.setattr(runs, "save_checkpoint", recorded)
     train.main(args(task, tmp_path, "--checkpoint-every", "0", "--checkpoint-minutes", str(minutes), epochs=2))
     assert steps == saved
+
+
+def test_checkpoint_minutes_run_out_in_the_middle_and_count_again_from_each_checkpoint(task, tmp_path, monkeypatch):
+    """A fake clock on which every optimizer step takes 15 s, --checkpoint-minutes 1.5 (6 steps): due at step 6,
+    then counted again from there, and from the epoch-end checkpoint at step 10: step 16. A timer that is not
+    reset after a checkpoint would write one at every step after step 6."""
+    clock, steps = [0.0], []
+    real_step, real_save = train.Run.train_step, runs.save_checkpoint
+
+    def timed_step(self, indices):
+        real_step(self, indices)
+        clock[0] += 15.0
+
+    def recorded(self):
+        steps.append(self.step)
+        real_save(self)
+
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # train.py and runs.py read time.monotonic()
+    monkeypatch.setattr(train.Run, "train_step", timed_step)
+    monkeypatch.setattr(runs, "save_checkpoint", recorded)
+    train.main(args(task, tmp_path, "--checkpoint-every", "0", "--checkpoint-minutes", "1.5", epochs=2))
+    assert steps == [6, 10, 16]
 
 
 def test_stop_signal_handler_only_sets_a_flag_and_a_second_ctrl_c_quits():
