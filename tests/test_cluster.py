@@ -313,7 +313,11 @@ def test_stop_signal_handler_only_sets_a_flag_and_a_second_ctrl_c_quits():
         assert runs.agreed_stop_signal(common.Dist(0, 1, torch.device("cpu")), True) == [0, 1]
         os.kill(os.getpid(), signal.SIGUSR1)
         assert runs._stop_signal == signal.SIGUSR1
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # the kernel ends the process at once
+        os.kill(os.getpid(), signal.SIGINT)  # the same interrupt again (a job's signal, and torchrun's copy)
+        assert signal.getsignal(signal.SIGINT) is runs._on_stop_signal  # ... is only the stop asked for once more
         os.kill(os.getpid(), signal.SIGTERM)
         assert runs.agreed_stop_signal(common.Dist(0, 1, torch.device("cpu")))[0] == signal.SIGUSR1  # the first
+        time.sleep(runs.SAME_INTERRUPT_S + 0.3)  # the alarm's handler runs inside the sleep
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # now the kernel ends the process at once
     assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
