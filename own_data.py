@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ OWN_FORMATS = (".jsonl", ".csv", ".tsv")
 OWN_SPLITS = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}  # split -> file stems
 
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
+_PLAIN_INTEGER = re.compile(r"0|-?[1-9][0-9]*")  # one text per number: sorted numerically
 
 
 @dataclass(frozen=True)
@@ -114,22 +115,86 @@ def _hub_snapshot(repo: str) -> Path:
             f"or pass --dataset DIR with local copies of its train.*/test.* files.") from None
 
 
+BOMS = ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"), (b"\xff\xfe", "UTF-16LE"),
+        (b"\xfe\xff", "UTF-16BE"))  # UTF-32LE's mark starts like UTF-16LE's: the longer one first
+
+
+def _utf16_or_32(raw: bytes) -> tuple[str, str] | None:
+    """(iconv's name of the encoding, why) when the bytes are UTF-16 or UTF-32, else None: a byte-order mark,
+    or a strict UTF-16 decode into text that keeps the file's line breaks. A UTF-8 file with a stray NUL byte
+    also decodes as UTF-16 (into CJK-like characters), but its 0x0A bytes then end up inside characters."""
+    for bom, codec in BOMS:
+        if raw.startswith(bom):
+            return codec, "its byte-order mark says so"
+    if b"\x00" not in raw:
+        return None
+    for codec in ("UTF-16LE", "UTF-16BE"):
+        try:
+            text = raw.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if "\x00" not in text and 2 * text.count("\n") > raw.count(b"\n"):
+            return codec, "it has no byte-order mark but decodes as such, line breaks and all"
+    return None
+
+
+def _converted(path: Path) -> Path:
+    """Where a suggested command writes the fixed copy of `path`: beside it, train.csv -> train.utf8.csv."""
+    return path.with_name(f"{path.stem}.utf8{path.suffix}")
+
+
 def _decode(path: Path) -> str:
+    """The text of a UTF-8 file (a UTF-8 byte-order mark dropped); else a UsageError that names what the bytes
+    are (UTF-16/32, a stray NUL byte, cp1252, UTF-8 with a bad byte, or unknown), the line, and a command
+    that writes a fixed copy beside the file."""
     raw = path.read_bytes()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
-        raise UsageError(f"{path}: UTF-16, not UTF-8 (it holds NUL bytes or a UTF-16 byte-order mark); convert it: "
-                         f"iconv -f UTF-16 -t UTF-8 {path} > utf8{path.suffix}")
+    out, q = _converted(path), shlex.quote
+    fix = f"then use {out.name} in place of {path.name}:"
+    if found := _utf16_or_32(raw):
+        codec, why = found
+        raise UsageError(f"{path}: {codec}, not UTF-8 ({why}); convert it, {fix} "
+                         f"iconv -f {codec} -t UTF-8 {q(str(path))} > {q(str(out))}")
+    if b"\x00" in raw:  # no text holds one (a damaged export, or a binary file); UTF-8 never uses it in a character
+        line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
+        raise UsageError(f"{path}:{line}: a NUL byte (0x00), which no text holds, and the file does not read as "
+                         f"UTF-16 either; remove the NUL bytes, {fix} tr -d '\\000' < {q(str(path))} > {q(str(out))}")
     try:
         return raw.decode("utf-8-sig")  # a UTF-8 byte-order mark (Excel writes one) is no part of the first column
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
+        head = f"{path}:{line}: not UTF-8 (byte 0x{raw[err.start]:02x})"
+        bad_line = raw[raw.rfind(b"\n", 0, err.start) + 1:].split(b"\n", 1)[0]
+        utf8 = sum(ord(c) > 127 for c in raw.decode("utf-8", errors="replace").replace("\ufffd", ""))
+        if utf8:  # UTF-8 elsewhere: a conversion from cp1252 would garble those characters
+            raise UsageError(f"{head}, yet {utf8} other non-ASCII character(s) in it are UTF-8: it is UTF-8 with "
+                             f"damaged bytes; fix the line by hand, or drop the bytes that are not UTF-8, {fix} "
+                             f"iconv -c -f UTF-8 -t UTF-8 {q(str(path))} > {q(str(out))}") from None
         try:
             raw.decode("cp1252")
-            source = "cp1252"  # Windows' Western encoding: what a non-UTF-8 spreadsheet export usually is
         except UnicodeDecodeError:
-            source = "latin-1"  # decodes any bytes; cp1252 could not
-        raise UsageError(f"{path}:{line}: not UTF-8 (byte 0x{raw[err.start]:02x}); it reads as {source}: convert it, "
-                         f"e.g. iconv -f {source} -t UTF-8 {path} > utf8{path.suffix}") from None
+            raise UsageError(f"{head}, nor cp1252: find its encoding (`file -i {q(str(path))}` guesses it) and "
+                             f"convert it: iconv -f ENCODING -t UTF-8 {q(str(path))} > {q(str(out))}") from None
+        # Windows' Western encoding, what a non-UTF-8 spreadsheet export usually is; the user sees if the line reads right
+        shown = bad_line.decode("cp1252").rstrip("\r")[:80]
+        raise UsageError(f"{head}; as cp1252 (Windows' Western European) line {line} reads {shown!r}: if that is "
+                         f"right, convert it, {fix} iconv -f cp1252 -t UTF-8 {q(str(path))} > {q(str(out))}") from None
+
+
+DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+
+
+def _one_column_header(path: Path, header: list[str], delimiter: str) -> str | None:
+    """Why a header of one column is another delimiter's file, or None."""
+    others = [d for d in DELIMITERS if d != delimiter and d in header[0]]
+    if len(header) != 1 or not others:
+        return None
+    name = DELIMITERS[others[0]]
+    if others[0] in ",\t":  # the other format this project reads
+        suffix = ".tsv" if others[0] == "\t" else ".csv"
+        fix = f"rename it to {suffix}: mv {shlex.quote(str(path))} {shlex.quote(str(path.with_suffix(suffix)))}"
+    else:  # e.g. Excel's CSV in locales with a decimal comma
+        fix = "save it with commas between the columns (.csv) or tabs (.tsv)"
+    return (f"{path}:1: the header is the one column {header[0][:60]!r}: the file looks {name}-separated: {fix}")
 
 
 def _read_table(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -138,24 +203,39 @@ def _read_table(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]
     # strict: a quote in the wrong place is an error, not a field that silently swallows the next lines
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header, rows, start = None, [], 1
+    limit = csv.field_size_limit()  # 131,072 characters by default; long documents are valid CSV
+    csv.field_size_limit(max(limit, len(text)))  # no field is longer than the file; set back below
     try:
         for fields in reader:
             if fields and header is None:
                 header = [name.strip() for name in fields]
+                if problem := _one_column_header(path, header, delimiter):
+                    raise UsageError(problem)
                 if len(set(header)) < len(header):
                     twice = sorted({n for n in header if header.count(n) > 1})
                     raise UsageError(f"{path}:{start}: the header names {', '.join(map(repr, twice))} more than "
                                      "once; give every column its own name")
             elif fields:
-                if len(fields) != len(header):
-                    raise UsageError(f"{path}:{start}: {len(fields)} fields, the header has {len(header)}; a field "
-                                     f"holding a {'tab' if kind == 'TSV' else 'comma'}, quote or line break must be "
-                                     'quoted, with its quotes doubled ("")')
+                n, want = len(fields), len(header)
+                if n > want:
+                    raise UsageError(f"{path}:{start}: {n} fields, the header has {want}: a text holding a "
+                                     f"{'tab' if kind == 'TSV' else 'comma'} must be quoted (\"a, b\"), with "
+                                     'its own quotes doubled (""); or remove the extra separator')
+                if n < want:
+                    raise UsageError(f"{path}:{start}: {n} field{'s' if n > 1 else ''}, the header has {want}: a "
+                                     "value is missing (fill in every column), or a text holding a line break "
+                                     "is not quoted (quote it)")
                 rows.append((start, dict(zip(header, fields))))
             start = reader.line_num + 1
     except csv.Error as err:
-        raise UsageError(f"{path}:{start}: {kind} quoting error ({err}); quote a field that holds quotes, with "
-                         'its quotes doubled ("")') from None
+        if "end of data" in str(err):  # the reader ran to the end of the file inside a quoted field
+            raise UsageError(f"{path}:{start}: a quoted text starting in this row is never closed ({err}): close "
+                             'its quote, and double every quote inside it ("")') from None
+        raise UsageError(f"{path}:{start}: {kind} quoting error ({err}): a text that starts with a quote must "
+                         'end with one; quote the whole text and double the quotes inside it ("say ""hi"" '
+                         'there")') from None
+    finally:
+        csv.field_size_limit(limit)
     if header is None:
         raise UsageError(f"{path}: empty file; it needs a header row ({kind}) and one example per row")
     if not rows:
@@ -165,6 +245,11 @@ def _read_table(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]
 
 def _read_jsonl_records(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
     """(the first record's fields, [(line, record)]) of a JSON-lines text."""
+    if text.lstrip().startswith("["):  # a whole-file JSON list (what json.dump writes), not one object a line
+        out, q = _converted(path), shlex.quote
+        raise UsageError(f"{path}: a JSON list, not JSON lines (one object per line); convert it, then use "
+                         f"{out.name} in place of {path.name}: python3 -c 'import json, sys; [print(json.dumps(r)) "
+                         f"for r in json.load(sys.stdin)]' < {q(str(path))} > {q(str(out))}")
     rows = []
     for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():
@@ -183,6 +268,10 @@ def _read_jsonl_records(path: Path, text: str) -> tuple[list[str], list[tuple[in
     return list(rows[0][1]), rows
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """(columns, [(line, row)]) of a .jsonl, .csv or .tsv file (JSON lines: the first record's fields)."""
     text = _decode(path)
@@ -191,7 +280,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
 
 def _own_examples(path: Path, columns: list[str], rows: list[tuple[int, dict]], text_column: str,
                   pair_column: str | None, label_column: str) -> list[tuple]:
-    """[(line, text, text_pair, label)] of one file; label is an int or a str, as the file spells it."""
+    """[(line, text, text_pair, label)] of one file; the label is its text (a JSON integer: its digits)."""
     flags = {text_column: "--text-column", pair_column: "--text-pair-column", label_column: "--label-column"}
     out = []
     for line, row in rows:
@@ -203,47 +292,43 @@ def _own_examples(path: Path, columns: list[str], rows: list[tuple[int, dict]], 
         texts = [row[c] if c is not None else None for c in (text_column, pair_column)]
         for column, value in zip((text_column, pair_column), texts):
             if column is not None and not (isinstance(value, str) and value.strip()):
-                what = "empty" if value is None or isinstance(value, str) else f"a {type(value).__name__}"
+                what = "empty" if value is None or isinstance(value, str) else _a(type(value).__name__)
                 raise UsageError(f"{path}:{line}: the text in {column!r} is {what}; every example needs one "
                                  "(fill it in or remove the line)")
         label = row[label_column]
-        if isinstance(label, str) and _INTEGER.fullmatch(label.strip()):
-            label = int(label)  # CSV has no types: a label spelled as an integer is one
-        elif isinstance(label, str) and label.strip():
-            label = label.strip()
-        elif not isinstance(label, int) or isinstance(label, bool):
-            what = "empty" if label is None or isinstance(label, str) else f"a {type(label).__name__}"
-            raise UsageError(f"{path}:{line}: the label in {label_column!r} is {what}; labels are names or integers")
-        out.append((line, *texts, label))
+        if isinstance(label, int) and not isinstance(label, bool):
+            label = str(label)  # a JSON integer is the digits it is written with (JSON has no leading zeros)
+        if not (isinstance(label, str) and label.strip()):
+            what = "empty" if label is None or isinstance(label, str) else _a(type(label).__name__)
+            raise UsageError(f"{path}:{line}: the label in {label_column!r} is {what}; a label is a text (or a "
+                             "JSON integer)")
+        out.append((line, *texts, label.strip()))
     return out
 
 
 def _label_list(records: dict[Path, list[tuple]], train: Path, given: list[str] | None) -> list[str]:
-    """Class names, index = class id: `given` (--labels), else the sorted set of the training labels."""
-    first = {}  # kind -> (file, line, label) of its first occurrence
-    for path, rows in records.items():
-        for line, *_, label in rows:
-            first.setdefault(type(label), (path, line, label))
-    if len(first) > 1:
-        (p, a, s), (q, b, i) = first[str], first[int]
-        raise UsageError(f"{p}:{a}: label {s!r} is a name, but {q}:{b} has the integer label {i}: label every "
-                         "example with names, or every example with integers")
-    integers = int in first
+    """Class names, index = class id: `given` (--labels), else the sorted set of the training labels.
+
+    A label is its text: `1`, `01` and `001` are three classes, never merged. The order is numeric only
+    when every training label is a plain integer (`0`, `7`, `-3`: no `+`, no leading zero), for which the
+    text and the number are one-to-one; otherwise by code point.
+    """
     if given is not None:
-        if integers and not all(_INTEGER.fullmatch(g) for g in given):
-            raise UsageError(f"--labels {','.join(given)}: your files label with integers, so list integers")
-        names = [str(int(g)) if integers else g for g in given]
-        if len(set(names)) < len(names):
-            raise UsageError(f"--labels {','.join(given)} lists a label twice")
+        if len(set(given)) < len(given) or not all(given):
+            why = "lists a label twice" if len(set(given)) < len(given) else "has an empty label"
+            raise UsageError(f"--labels {','.join(given)} {why}")
+        names = list(given)
     else:
-        names = [str(v) for v in sorted({row[-1] for row in records[train]})]  # ints numerically, names by code point
+        found = {row[-1] for row in records[train]}
+        integers = all(_PLAIN_INTEGER.fullmatch(y) for y in found)
+        names = sorted(found, key=int) if integers else sorted(found)
     known = set(names)
     for path, rows in records.items():
         for line, *_, label in rows:
-            if str(label) not in known:
+            if label not in known:
                 why = (f"is not in --labels ({', '.join(names)}); add it there" if given is not None else
                        f"never occurs in {train}; fix the line, or list every class with --labels")
-                raise UsageError(f"{path}:{line}: label {str(label)!r} {why}")
+                raise UsageError(f"{path}:{line}: label {label!r} {why}")
     if len(names) < 2:
         raise UsageError(f"{train}: every example has the label {names[0]!r}; a classifier needs two classes or more")
     return names
@@ -255,8 +340,8 @@ def read_own(files: dict[str, Path], *, text_column: str = "text", text_pair_col
     """(label names, split -> examples) of your own files: split -> .jsonl/.csv/.tsv path ("train" needed).
 
     Every value is checked before anything is returned; an error names the file and the line. The pair
-    column is `text_pair_column`, else `text_pair` when the training file has one. Labels are names or
-    integers (a CSV value spelled as an integer is one), never both; see `_label_list` for their order.
+    column is `text_pair_column`, else `text_pair` when the training file has one. A label is its text,
+    stripped of surrounding spaces (`01` and `1` are two classes); see `_label_list` for their order.
     Without a test file, `test_fraction` holds out that share of the training rows (`_holdout`).
     Raises ValueError (bad content) or FileNotFoundError (a missing file).
     """
@@ -284,7 +369,7 @@ def read_own(files: dict[str, Path], *, text_column: str = "text", text_pair_col
     records = {path: _own_examples(path, *tables[path], text_column, pair, label_column) for path in files.values()}
     names = _label_list(records, train, labels)
     ids = {name: i for i, name in enumerate(names)}
-    examples = {s: [Example(t, p, ids[str(y)]) for _, t, p, y in records[path]] for s, path in files.items()}
+    examples = {s: [Example(t, p, ids[y]) for _, t, p, y in records[path]] for s, path in files.items()}
     if test_fraction is not None:
         rows, held = _holdout(len(examples["train"]), test_fraction)
         if not len(rows) or not len(held):
@@ -367,9 +452,9 @@ FLAGS = {
     "text_column": ("text", "your files' text column", {}),
     "text_pair_column": (None, ("your files' second text of a pair (default: text_pair, if the "
                                 "training file has it)"), {}),
-    "label_column": ("label", "your files' label column (names or integers)", {}),
+    "label_column": ("label", "your files' label column (its texts are the class names)", {}),
     "labels": (None, ("your labels in class-id order, comma-separated (default: "
-                      "the sorted set of the training labels, integers in numeric order)"), {"type": comma_list}),
+                      "the sorted set of the training labels; numeric order when all are plain integers)"), {"type": comma_list}),
     "dataset_name": (None, "your dataset's name in the run folder (default: its folder's name)", {}),
 }
 

@@ -273,9 +273,11 @@ def check_claims(root: str | Path, path: str | Path, metric: str = "f1_macro", s
                  alpha: float = 0.05, margin: float = 1.0) -> list[dict]:
     """Each claim with its comparison and a status. "a > b" / "a < b" are supported when compare's
     verdict agrees, contradicted when it resolves the other way, else not resolved. "a = b" (within
-    `margin` POINTS) is supported when the whole interval lies in [-margin, +margin], else contradicted
-    when the difference is resolved, else not resolved: a difference that is resolved but smaller than
-    the margin still matches. A side with fewer than 2 finished seeds gives "not resolved" and a reason."""
+    `margin` POINTS) is decided by stats.equivalence (two one-sided Welch t tests at alpha, i.e. the
+    1 - 2 alpha Welch interval inside [-margin, +margin]): supported when equivalence is shown,
+    contradicted when that interval lies wholly beyond the margin, else not resolved; its row adds
+    equivalence_low / _high / _p / _confidence. A side with fewer than 2 finished seeds gives "not
+    resolved" and a reason."""
     if not 0 < alpha < 1:
         raise UsageError(f"--alpha must lie between 0 and 1, not {alpha}")
     if not margin >= 0:
@@ -289,9 +291,13 @@ def check_claims(root: str | Path, path: str | Path, metric: str = "f1_macro", s
             rows.append({**c, "status": "not resolved", "reason": reason, "margin": margin})
             continue
         r = compare_one(groups, c["dataset"], c["a"], c["b"], c["metric"], split, alpha)
-        if c["claim"] == "a = b":
-            within = -margin / 100 <= r["ci_low"] and r["ci_high"] <= margin / 100
-            status = "supported" if within else "contradicted" if r["verdict"] != "not resolved" else "not resolved"
+        if c["claim"] == "a = b":  # a percentile bootstrap of 2-3 seeds is far too narrow for this: TOST
+            e = stats.equivalence(group_values(groups[(c["dataset"], c["a"])], split, c["metric"]),
+                                  group_values(groups[(c["dataset"], c["b"])], split, c["metric"]),
+                                  margin / 100, alpha=alpha)
+            status = {"shown": "supported", "shown outside": "contradicted"}.get(e["status"], "not resolved")
+            r.update(equivalence_low=e["low"], equivalence_high=e["high"], equivalence_p=e["p_value"],
+                     equivalence_confidence=e["confidence"])
         else:
             wanted = "A better" if c["claim"] == "a > b" else "B better"
             status = ("not resolved" if r["verdict"] == "not resolved"
@@ -318,9 +324,8 @@ def format_comparison(r: dict) -> str:
         f"{r['dataset']} {r['metric']} ({r['split']}): A = {r['a']} ({r['n_a']} seeds), B = {r['b']} ({r['n_b']} seeds)",
         (f"  mean A {_points(r['mean_a'])}, mean B {_points(r['mean_b'])}, "
          f"difference A - B {_points(r['difference'], True)} points"),
-        (f"  {100 * r['confidence']:g}% bootstrap CI of the difference "
-         f"[{_points(r['ci_low'], True)}, {_points(r['ci_high'], True)}] points "
-         f"(percentile, {r['bootstrap_resamples']:,} resamples within each model, seed {r['seed']})"),
+        (f"  {100 * r['confidence']:g}% Welch t CI of the difference "
+         f"[{_points(r['ci_low'], True)}, {_points(r['ci_high'], True)}] points ({r['ci_df']:.3g} degrees of freedom)"),
         (f"  permutation p = {r['p_value']:.4g} ({method}); "
          f"the smallest p {r['n_a']} and {r['n_b']} seeds can give: {r['min_p_value']:.4g}"),
         f"  Cohen's d {d:+.2f} ({spread})" if np.isfinite(d) else
@@ -343,9 +348,14 @@ def format_claim(r: dict) -> str:
         head += f" (within ±{r['margin']:g} point{'' if r['margin'] == 1 else 's'})"
     if "reason" in r:
         return f"{head} | {r['reason']}"
+    if r["claim"] == "a = b":  # the interval and p the equivalence was decided on
+        test = (f"{100 * r['equivalence_confidence']:g}% CI [{_points(r['equivalence_low'], True)}, "
+                f"{_points(r['equivalence_high'], True)}], TOST p {r['equivalence_p']:.4g} (Welch t)")
+    else:
+        test = (f"{100 * r['confidence']:g}% CI [{_points(r['ci_low'], True)}, {_points(r['ci_high'], True)}], "
+                f"p {r['p_value']:.4g} ({r['method']})")
     return (f"{head} | {_points(r['mean_a'])} vs {_points(r['mean_b'])}, difference {_points(r['difference'], True)}, "
-            f"{100 * r['confidence']:g}% CI [{_points(r['ci_low'], True)}, {_points(r['ci_high'], True)}], "
-            f"p {r['p_value']:.4g} ({r['method']}), {r['n_a']} vs {r['n_b']} seeds")
+            f"{test}, {r['n_a']} vs {r['n_b']} seeds")
 
 
 def _curve(seeds: list[Seed], split: str, metric: str, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -450,7 +460,7 @@ def main(argv: list[str] | None = None):
     p = sub.add_parser("plot", help="PNG learning curves per dataset, and adapters vs full fine-tuning")
     p.add_argument("runs")
     p.add_argument("--out", default="figures")
-    for name, help_text in (("compare", "is model A better than model B? permutation p, bootstrap CI, Cohen's d"),
+    for name, help_text in (("compare", "is model A better than model B? permutation p, Welch t CI, Cohen's d"),
                             ("claims", "check a JSON list of claims (a > b, a < b, a = b) against a runs folder")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("runs")
@@ -460,11 +470,12 @@ def main(argv: list[str] | None = None):
             p.add_argument("--dataset", nargs="+", help="default: every dataset where both have 2+ finished seeds")
         else:
             p.add_argument("claims", help='JSON list of {"a", "b", "dataset", "claim", "metric"} objects')
-            p.add_argument("--margin", type=float, default=1.0, help="for a = b: the interval must lie within "
-                           "±margin, in points (default 1)")
+            p.add_argument("--margin", type=float, default=1.0, help="for a = b: equivalence within ±margin points, "
+                           "by two one-sided Welch t tests (default 1)")
         p.add_argument("--metric", default="f1_macro", help=f"{', '.join(SCORES)} (default f1_macro)")
         p.add_argument("--split", default="test")
-        p.add_argument("--alpha", type=float, default=0.05, help="test level; the interval is 1 - alpha (default 0.05)")
+        p.add_argument("--alpha", type=float, default=0.05, help="test level; compare's interval is 1 - alpha, "
+                       "an a = b claim's 1 - 2 alpha (default 0.05)")
         p.add_argument("--format", default="text", choices=("text", "json"),
                        help="json: values as fractions, as in result.json")
     args = parser.parse_args(argv)

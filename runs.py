@@ -290,7 +290,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 _stop_signal = 0  # the first stop signal this process received, 0 for none; set by the handler only
 
 
+_stopped_at = 0.0  # time.monotonic() of that first signal
+
+
 _old_handlers: dict = {}  # while the stop handlers are installed: the handlers they replaced
+
+
+# A job's Ctrl-C or scancel reaches every process of the job at once, and torchrun forwards its own copy
+# to its workers, so one interrupt can arrive twice within milliseconds. Within this many seconds of the
+# first stop signal a SIGINT is that same interrupt; after it, a person pressing Ctrl-C again.
+SAME_INTERRUPT_S = 1.0
 
 
 class Stopped(Exception):
@@ -308,19 +317,36 @@ class CheckpointWriteError(Exception):
 
 def _on_stop_signal(signum, frame) -> None:
     # Only a flag: the loop stops at the next optimizer-step boundary, where every rank agrees to stop.
-    global _stop_signal
-    _stop_signal = _stop_signal or signum
-    # A second Ctrl-C quits at once: the kernel's default action needs no step boundary, even mid-collective.
+    global _stop_signal, _stopped_at
+    if not _stop_signal:
+        _stop_signal, _stopped_at = signum, time.monotonic()
+        # SIGINT gets the kernel's default action back once SAME_INTERRUPT_S has passed (see _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, SAME_INTERRUPT_S)
+    elif signum == signal.SIGINT and time.monotonic() - _stopped_at >= SAME_INTERRUPT_S:
+        _quit_now()  # a second Ctrl-C that reached us before the alarm's handler ran
+
+
+def _on_alarm(signum, frame) -> None:
+    # From now on a second Ctrl-C quits at once: the kernel's default action needs no step boundary and no
+    # Python code to run, even while this process waits inside a collective for a rank that will never come.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _quit_now() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)  # ended by SIGINT, as the shell expects of Ctrl-C
 
 
 def catch_stop_signals() -> None:
     """From here on SIGINT, SIGTERM and SIGUSR1 ask the training loop to stop (see Stopped), until the end of
-    stop_on_signals(). Called when training starts, not before: setup can block inside C (a rendezvous, a
-    peer that died), where no Python handler runs, and only the default action ends a process at once.
+    stop_on_signals(). A SIGINT within SAME_INTERRUPT_S of the first stop signal is the same interrupt
+    delivered twice and changes nothing; a later one quits at once (SIGALRM restores SIGINT's default
+    action at that time). Called when training starts, not before: setup can block inside C (a rendezvous,
+    a peer that died), where no Python handler runs, and only the default action ends a process at once.
     Signal handlers can only be set from the main thread: elsewhere this does nothing."""
     if threading.current_thread() is threading.main_thread() and not _old_handlers:
         _old_handlers.update({s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS})
+        _old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, _on_alarm)
 
 
 @contextlib.contextmanager
@@ -331,6 +357,8 @@ def stop_on_signals():
     try:
         yield
     finally:
+        if _old_handlers:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # a pending alarm of ours must not reach the old handler
         for s, handler in _old_handlers.items():
             signal.signal(s, handler)
         _old_handlers.clear()

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,28 @@ def test_checkpoint_minutes(task, tmp_path, monkeypatch, minutes, saved):
     assert steps == saved
 
 
+def test_checkpoint_minutes_run_out_in_the_middle_and_count_again_from_each_checkpoint(task, tmp_path, monkeypatch):
+    """A fake clock on which every optimizer step takes 15 s, --checkpoint-minutes 1.5 (6 steps): due at step 6,
+    then counted again from there, and from the epoch-end checkpoint at step 10: step 16. A timer that is not
+    reset after a checkpoint would write one at every step after step 6."""
+    clock, steps = [0.0], []
+    real_step, real_save = train.Run.train_step, runs.save_checkpoint
+
+    def timed_step(self, indices):
+        real_step(self, indices)
+        clock[0] += 15.0
+
+    def recorded(self):
+        steps.append(self.step)
+        real_save(self)
+
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # train.py and runs.py read time.monotonic()
+    monkeypatch.setattr(train.Run, "train_step", timed_step)
+    monkeypatch.setattr(runs, "save_checkpoint", recorded)
+    train.main(args(task, tmp_path, "--checkpoint-every", "0", "--checkpoint-minutes", "1.5", epochs=2))
+    assert steps == [6, 10, 16]
+
+
 def test_stop_signal_handler_only_sets_a_flag_and_a_second_ctrl_c_quits():
     before = signal.getsignal(signal.SIGINT)
     with runs.stop_on_signals():
@@ -290,7 +313,11 @@ def test_stop_signal_handler_only_sets_a_flag_and_a_second_ctrl_c_quits():
         assert runs.agreed_stop_signal(common.Dist(0, 1, torch.device("cpu")), True) == [0, 1]
         os.kill(os.getpid(), signal.SIGUSR1)
         assert runs._stop_signal == signal.SIGUSR1
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # the kernel ends the process at once
+        os.kill(os.getpid(), signal.SIGINT)  # the same interrupt again (a job's signal, and torchrun's copy)
+        assert signal.getsignal(signal.SIGINT) is runs._on_stop_signal  # ... is only the stop asked for once more
         os.kill(os.getpid(), signal.SIGTERM)
         assert runs.agreed_stop_signal(common.Dist(0, 1, torch.device("cpu")))[0] == signal.SIGUSR1  # the first
+        time.sleep(runs.SAME_INTERRUPT_S + 0.3)  # the alarm's handler runs inside the sleep
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # now the kernel ends the process at once
     assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

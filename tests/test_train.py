@@ -6,6 +6,7 @@ Oracles: one process for DDP (torchrun, 2 ranks, gloo on CPU), an uninterrupted 
 import dataclasses
 import gc
 import json
+import math
 import os
 import signal
 import subprocess
@@ -348,3 +349,18 @@ def test_each_rank_restores_its_own_rng_and_windows(task, tmp_path, monkeypatch)
     runs.load_checkpoint(run)
     assert torch.equal(torch.get_rng_state(), ranks[1]["rng"]) and not torch.equal(ranks[0]["rng"], ranks[1]["rng"])
     assert torch.equal(run.window, ranks[1]["window"]) and torch.equal(run.grad_norms, ranks[1]["grad_norms"])
+
+
+@pytest.mark.parametrize("total,warmup_ratio", [(10, 0.1), (7, 0.0), (25, 0.3), (1, 0.1)])
+def test_lr_schedule_is_transformers_and_never_negative_past_its_end(total, warmup_ratio):
+    """The schedule function itself, on every step and 20 steps beyond the last: transformers'
+    get_linear_schedule_with_warmup is the oracle (it clamps at 0 past the end too). No run steps past the
+    end today; a resumed or miscounted one must still never get a negative lr (a step uphill)."""
+    from transformers import get_linear_schedule_with_warmup
+    cfg = train.TrainConfig(dataset="acl", lr=1.0, warmup_ratio=warmup_ratio)
+    _, ours = train.build_optimizer(torch.nn.Linear(2, 2), cfg, total)
+    reference = get_linear_schedule_with_warmup(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0),
+                                                math.ceil(warmup_ratio * total), total)
+    factors = [ours.lr_lambdas[0](step) for step in range(total + 20)]
+    assert factors == pytest.approx([reference.lr_lambdas[0](step) for step in range(total + 20)], abs=1e-12)
+    assert min(factors) == 0.0 and factors[total:] == [0.0] * 20
