@@ -298,7 +298,7 @@ def test_cli_errors(task, tmp_path, extra, message):
 # Settings a resumed run may change (they do not change the optimisation); every other one must match the checkpoint.
 FREE_ON_RESUME = {"checkpoint_every", "checkpoint_minutes", "compile", "data_dir", "dataset_name", "device",
                   "eval_batch_size", "log_every", "micro_batch_size", "model_name", "out", "resume", "save", "seeds",
-                  "tensorboard"}
+                  "tensorboard", "merge_lora", "gradient_checkpointing"}
 
 
 def test_every_setting_is_fixed_or_free_on_resume():
