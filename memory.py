@@ -716,7 +716,7 @@ def compare_methods(args) -> str:
     table = [[name, f"{b.trainable / 1e6:.2f}M", b.weights + b.master_weights, b.gradients, b.optimizer, b.activations,
               b.total] for name, b in rows.items()]
     full, peft, peft_ckpt = rows["full"], rows[f"lora r{lora.r}"], rows[f"lora r{lora.r} + checkpointing"]
-    state = lambda b: b.gradients + b.optimizer  # noqa: E731
+    state = lambda b: b.gradients + b.optimizer
     return "\n".join([
         f"{what}: {_settings(args)} (GB = 1e9 bytes)",
         _table(["method", "trainable", "weights", "gradients", "optimizer", "activations", "total"], table),

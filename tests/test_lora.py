@@ -142,7 +142,7 @@ def test_a_lora_peft_saved_loads_here(tmp_path, kind):
     assert adapter.is_adapter_dir(tmp_path / "peft") and adapter.is_peft_dir(tmp_path / "peft")
     ids, mask, _ = random_batch(hf.config.vocab_size, hf.config.pad_token_id, [11, 6, 9], seed=1)
     want = logits(theirs, ids, mask)
-    loaded, tok = evaluation.load_checkpoint(tmp_path / "peft")
+    loaded, _ = evaluation.load_checkpoint(tmp_path / "peft")
     assert loaded.lora_config.targets == ("key", "value") and loaded.lora_config.r == 2
     torch.testing.assert_close(logits(loaded, ids, mask), want, atol=ATOL, rtol=0)
     with theirs.disable_adapter():
@@ -150,7 +150,7 @@ def test_a_lora_peft_saved_loads_here(tmp_path, kind):
 
 
 def test_peft_folders_this_encoder_cannot_run_are_refused(tmp_path):
-    ours, _ = ours_and_peft("bert", tmp_path)
+    ours_and_peft("bert", tmp_path)
     cfg_path = tmp_path / "lora" / "adapter_config.json"
     good = json.loads(cfg_path.read_text())
     for change, words in [({"target_modules": ["dense"]}, "target_modules"), ({"use_dora": True}, "use_dora"),
