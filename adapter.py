@@ -375,7 +375,7 @@ def _peft_num_labels(directory: str | os.PathLike) -> int:
     from safetensors import safe_open
     with safe_open(path, "pt") as f:
         names = f.keys()  # a safe_open handle, not a dict
-        keys = [k for k in names if re.fullmatch(r"base_model\.model\.classifier\.(out_proj\.)?weight", k)]  # noqa: SIM118 (safe_open)
+        keys = [k for k in names if re.fullmatch(r"base_model\.model\.classifier\.(out_proj\.)?weight", k)]
         if not keys:
             raise UsageError(f"{path} has no classifier weights: PEFT saves them with task_type SEQ_CLS "
                              "(modules_to_save), which a classifier needs")
