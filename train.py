@@ -145,7 +145,7 @@ class TrainConfig:
     lora_alpha: float | None = opt(None, "LoRA scale: the update is (alpha / r) B A x (default: 16; needs --lora)",
                                    type=float)
     lora_dropout: float | None = opt(None, "dropout on LoRA's input (default: 0.1; needs --lora)", type=float)
-    lora_targets: list[str] | None = opt(None,  # noqa: RUF009 "projections that get a LoRA (default: query value; needs --lora)",
+    lora_targets: list[str] | None = opt(None, "projections that get a LoRA (default: query value; needs --lora)",  # noqa: RUF009
                                          nargs="+", choices=LORA_TARGETS)
     merge_lora: bool = opt(False, "with --lora --save: save a plain model with the LoRA folded into its weights "
                                   "(for transformers alone), instead of PEFT's adapter files")
