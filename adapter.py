@@ -22,17 +22,30 @@ read `encoder.layer.0.output.adapter.down.weight`.
 Saving writes only what was trained (`adapter.safetensors`) plus `adapter_config.json`: the
 settings, the base it belongs to, and a SHA-256 over the frozen base weights, which loading
 checks, so adapters are never silently put on a base they were not trained with.
+
+LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"): `add_lora` adds
+W x + (alpha / r) B A dropout(x) to the attention's query / key / value projections, which model.py
+fuses into one Linear (`attention.self.qkv`): `LoRAQKV` adopts that Linear's weight and bias (same
+keys) and adds each LoRA to its third of the output. The base, LayerNorms included, is frozen; the
+LoRA matrices and the head are trained. Init, names, scaling and the saved files follow PEFT
+(huggingface/peft, `LoraConfig(task_type="SEQ_CLS")`), so that a LoRA saved here loads with
+`peft.PeftModel.from_pretrained` onto transformers' model of the same base, and one saved by PEFT
+loads here (`save_lora`, `load_lora`; both write and read `adapter_config.json`, told apart by
+PEFT's `peft_type` field). `merge_lora` folds the update into the weights: a plain model again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import hub
@@ -109,8 +122,8 @@ def add_adapters(model: modeling.Classifier, bottleneck: int = 64, placement: st
         raise UsageError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if bottleneck < 1:
         raise UsageError(f"bottleneck must be a positive integer, got {bottleneck}")
-    if has_adapters(model):
-        raise ValueError(f"this model already has adapters ({model.adapter_config}); "
+    if has_adapters(model) or has_lora(model):
+        raise ValueError("this model already has adapters or LoRA; "
                          "load a fresh base model to add others")
     for layer in model.encoder.layer:
         if placement == "houlsby":
@@ -141,8 +154,7 @@ def freeze_base(model: modeling.Classifier, freeze_layernorm: bool = False) -> N
     setup. A base checkpoint without pooler weights gets a randomly initialised pooler
     (`model.from_pretrained`), which must not stay frozen at random values.
     """
-    trainable = [model.classifier] + ([model.pooler] if model.pooler is not None else [])
-    trainable += [m for m in model.modules() if isinstance(m, Adapter)]
+    trainable = _head(model) + [m for m in model.modules() if isinstance(m, Adapter)]
     if not freeze_layernorm:
         trainable += [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
     model.requires_grad_(False)
@@ -153,6 +165,11 @@ def freeze_base(model: modeling.Classifier, freeze_layernorm: bool = False) -> N
             p.grad = None  # a frozen weight keeps no gradient memory from earlier training
 
 
+def _head(model: modeling.Classifier) -> list[nn.Module]:
+    """The classification head: the classifier, and BERT's pooler (see freeze_base)."""
+    return [model.classifier] + ([model.pooler] if model.pooler is not None else [])
+
+
 def has_adapters(model: nn.Module) -> bool:
     return any(isinstance(m, Adapter) for m in model.modules())
 
@@ -161,6 +178,116 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# --------------------------------------------------------------------------- LoRA
+
+LORA_TARGETS = ("query", "key", "value")  # the three slices of the fused attention.self.qkv, in its order
+
+
+@dataclass
+class LoRAConfig:
+    """What `add_lora` was called with; recorded on the model as `model.lora_config`."""
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.1
+    targets: tuple[str, ...] = ("query", "value")
+
+
+class LoRA(nn.Module):
+    """The low-rank update of one projection, (alpha / r) B A dropout(x) (Hu et al. 2021, eq. 3).
+
+    A starts Kaiming-uniform (nn.Linear's own init, PEFT's default) and B at zero, so B A = 0 and
+    training starts from the pretrained model. Names and the order of operations are PEFT's.
+    """
+
+    def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float,
+                 device=None, dtype=None):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.lora_A = nn.Linear(in_features, r, bias=False, device=device, dtype=dtype)
+        self.lora_B = nn.Linear(r, out_features, bias=False, device=device, dtype=dtype)
+        self.scaling = alpha / r  # the update's size does not change with r, so neither need the lr
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_B(self.lora_A(self.dropout(x))) * self.scaling  # (B, T, C) -> (B, T, r) -> (B, T, C)
+
+
+class LoRAQKV(nn.Module):
+    """`attention.self.qkv`, one Linear for query, key and value, plus a LoRA on some of its three
+    output slices. It adopts the Linear's weight and bias, so their keys stay `...qkv.weight`."""
+
+    def __init__(self, qkv: nn.Linear, loras: dict[str, LoRA]):
+        super().__init__()
+        self.weight, self.bias = qkv.weight, qkv.bias
+        self.lora = nn.ModuleDict(loras)  # keys ...qkv.lora.query.lora_A.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = list(F.linear(x, self.weight, self.bias).chunk(3, dim=-1))  # query, key, value: (B, T, C) each
+        for i, name in enumerate(LORA_TARGETS):
+            if name in self.lora:
+                parts[i] = parts[i] + self.lora[name](x)
+        return torch.cat(parts, dim=-1)  # (B, T, 3C)
+
+
+def add_lora(model: modeling.Classifier, r: int = 8, alpha: float = 16, dropout: float = 0.1,
+             targets=("query", "value"), verbose: bool = True) -> modeling.Classifier:
+    """Add a LoRA to the `targets` projections of every layer in place, freeze the rest, return `model`.
+
+    Trained afterwards: the LoRA matrices and the classification head (for BERT with the pooler, see
+    `freeze_base`); LayerNorms stay frozen, as in PEFT. Works on meta-device models too.
+    """
+    unknown = [t for t in targets if t not in LORA_TARGETS]
+    if unknown or not targets:
+        raise UsageError(f"LoRA targets must be some of {', '.join(LORA_TARGETS)} (the attention projections "
+                         f"this encoder fuses into one matmul), got {' '.join(targets) or 'none'}")
+    if r < 1 or alpha <= 0 or not 0 <= dropout < 1:
+        raise UsageError(f"LoRA needs r >= 1, alpha > 0 and dropout in [0, 1), got r={r}, alpha={alpha}, "
+                         f"dropout={dropout}")
+    if has_adapters(model) or has_lora(model):
+        raise ValueError("this model already has adapters or LoRA; load a fresh base model to add others")
+    targets = tuple(t for t in LORA_TARGETS if t in targets)  # PEFT's order: a layer's query LoRA before its value
+    for layer in model.encoder.layer:
+        qkv = layer.attention.self.qkv
+        C, w = qkv.in_features, qkv.weight  # each LoRA lives where its projection lives: same device and dtype
+        layer.attention.self.qkv = LoRAQKV(qkv, {t: LoRA(C, C, r, alpha, dropout, w.device, w.dtype) for t in targets})
+    model.lora_config = LoRAConfig(r, alpha, dropout, targets)
+    model.requires_grad_(False)
+    for module in _head(model) + [m for m in model.modules() if isinstance(m, LoRA)]:
+        module.requires_grad_(True)
+    if verbose:
+        trainable, total = trainable_parameters(model)
+        print(f"LoRA: r {r}, alpha {alpha:g} on {' '.join(targets)}: trainable {trainable:,} of {total:,} "
+              f"parameters ({100 * trainable / total:.2f}%)")
+    return model
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(isinstance(m, LoRA) for m in model.modules())
+
+
+def merge_lora(model: modeling.Classifier) -> modeling.Classifier:
+    """Fold every LoRA into its projection, W + (alpha / r) B A, in place: a plain Classifier again,
+    which `model.save_pretrained` writes for transformers alone. (The LoRA's dropout is gone: eval mode.)"""
+    for layer in model.encoder.layer:
+        qkv = layer.attention.self.qkv
+        if not isinstance(qkv, LoRAQKV):
+            continue
+        C = qkv.weight.shape[1]
+        with torch.device("meta"):
+            plain = nn.Linear(C, 3 * C)
+        plain.weight, plain.bias = qkv.weight, qkv.bias
+        with torch.no_grad():
+            for i, name in enumerate(LORA_TARGETS):
+                if name in qkv.lora:
+                    lora = qkv.lora[name]
+                    plain.weight[i * C:(i + 1) * C] += lora.scaling * (lora.lora_B.weight @ lora.lora_A.weight)
+        layer.attention.self.qkv = plain
+    model.__dict__.pop("lora_config", None)
+    return model
 
 
 # --------------------------------------------------------------------------- saving and loading
@@ -197,6 +324,8 @@ def load_adapters(model: modeling.Classifier, directory: str | os.PathLike) -> m
     """
     directory = Path(directory)
     meta = read_config(directory)
+    if "peft_type" in meta:
+        return load_lora(model, directory)
     _check_base(model, meta, directory)
     saved = AdapterConfig(**meta["adapter"])
     if not has_adapters(model):
@@ -217,11 +346,15 @@ def load_adapters(model: modeling.Classifier, directory: str | os.PathLike) -> m
 
 def from_pretrained(directory: str | os.PathLike, base: str | None = None) -> modeling.Classifier:
     """Load the base named in `directory/adapter_config.json` (or `base`, e.g. a local copy) and
-    the adapters on top of it: what eval.py calls for an adapter run."""
+    the adapters or the LoRA (PEFT's layout) on top of it: what eval.py calls for an adapter run."""
     meta = read_config(directory)
     base = base or meta["base"]
+    if base is None:
+        raise UsageError(f"{directory}/{CONFIG_FILE} names no base model (base_model_name_or_path): pass the "
+                         "base it was trained on (eval.py --base NAME_OR_DIR)")
+    num_labels = meta["num_labels"] if "peft_type" not in meta else _peft_num_labels(directory)
     try:
-        base_model = modeling.from_pretrained(base, num_labels=meta["num_labels"])
+        base_model = modeling.from_pretrained(base, num_labels=num_labels)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}\n(this is the base of the adapters in {directory}; pass base=... "
                                 "to load the same weights from elsewhere)") from None
@@ -229,7 +362,24 @@ def from_pretrained(directory: str | os.PathLike, base: str | None = None) -> mo
 
 
 def is_adapter_dir(directory: str | os.PathLike) -> bool:
+    """Adapters (`save_adapters`) or a LoRA in PEFT's layout: both have an adapter_config.json."""
     return (Path(directory) / CONFIG_FILE).is_file()
+
+
+def _peft_num_labels(directory: str | os.PathLike) -> int:
+    """The head's size, from the classifier's last weight in a PEFT folder (BERT: classifier.weight,
+    RoBERTa: classifier.out_proj.weight)."""
+    path = Path(directory) / PEFT_WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has {CONFIG_FILE} but no {PEFT_WEIGHTS_FILE}")
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        names = f.keys()  # a safe_open handle, not a dict
+        keys = [k for k in names if re.fullmatch(r"base_model\.model\.classifier\.(out_proj\.)?weight", k)]
+        if not keys:
+            raise UsageError(f"{path} has no classifier weights: PEFT saves them with task_type SEQ_CLS "
+                             "(modules_to_save), which a classifier needs")
+        return f.get_slice(keys[0]).get_shape()[0]
 
 
 def read_config(directory: str | os.PathLike) -> dict:
@@ -241,6 +391,8 @@ def read_config(directory: str | os.PathLike) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UsageError(f"{path} is not valid JSON: {e}") from None
+    if "peft_type" in meta:  # a LoRA in PEFT's layout (save_lora, or PEFT itself)
+        return _read_peft_config(meta, path)
     missing = [k for k in _CONFIG_KEYS if k not in meta]
     if missing:
         raise UsageError(f"{path}: no {missing[0]!r} field; it was not written by adapter.save_adapters")
@@ -303,3 +455,102 @@ def _check_keys(state: dict, expected: dict, path: Path) -> None:
             raise UsageError(f"{path}: key {k!r} has shape {tuple(t.shape)}, the model expects "
                              f"{tuple(expected[k].shape)}")
 
+
+# --------------------------------------------------------------------------- LoRA files: PEFT's layout
+
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+# our LoRA key <-> PEFT's key after "base_model.model.<bert|roberta>."
+_LORA_KEY = re.compile(r"^(encoder\.layer\.\d+\.attention\.self)\.qkv\.lora\.(query|key|value)\.(lora_[AB]\.weight)$")
+_PEFT_LORA_KEY = re.compile(r"^(encoder\.layer\.\d+\.attention\.self)\.(query|key|value)\.(lora_[AB]\.weight)$")
+# PEFT settings this implementation does not have; a folder that sets one is refused, not misread
+_PEFT_UNSUPPORTED = {"bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+                     "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {}}
+
+
+def _peft_prefixes(model: modeling.Classifier) -> tuple[str, str]:
+    """(prefix of the head's keys, prefix of the encoder's and pooler's): PEFT names the keys of
+    transformers' XForSequenceClassification inside `base_model.model.`."""
+    return "base_model.model.", "base_model.model." + ("roberta." if model.config.roberta else "bert.")
+
+
+def save_lora(model: modeling.Classifier, directory: str | os.PathLike, base: str) -> None:
+    """Write the LoRA matrices and the head in PEFT's layout: `adapter_model.safetensors` (keys like
+    base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight; the head as PEFT saves
+    modules_to_save) and `adapter_config.json` (a LoraConfig with task_type SEQ_CLS). The SHA-256 of
+    the frozen base goes in the safetensors metadata, which PEFT ignores and `load_lora` checks."""
+    from safetensors.torch import save_file
+    if not has_lora(model):
+        raise ValueError("this model has no LoRA: call add_lora first")
+    cfg, (head, encoder) = model.lora_config, _peft_prefixes(model)
+    state = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        m = _LORA_KEY.match(name)
+        key = f"{encoder}{m[1]}.{m[2]}.{m[3]}" if m else (head if name.startswith("classifier.") else encoder) + name
+        state[key] = p.detach().cpu().contiguous()
+    meta = {"peft_type": "LORA", "task_type": "SEQ_CLS", "base_model_name_or_path": hub.portable_name(base),
+            "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout, "target_modules": list(cfg.targets),
+            "modules_to_save": [m for m in ("classifier", "pooler") if getattr(model, m) is not None],
+            "init_lora_weights": True, "inference_mode": True, **_PEFT_UNSUPPORTED}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt", "base_sha256": base_fingerprint(model)}
+    hub.atomic_write(directory / PEFT_WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata=metadata))
+    hub.atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+
+
+def is_peft_dir(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds a LoRA in PEFT's layout (written by PEFT or by `save_lora`)."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        return path.is_file() and "peft_type" in json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+
+
+def _read_peft_config(meta: dict, path: Path) -> dict:
+    """Check a PEFT adapter_config.json is a LoRA this encoder can run; returns it with "base" added."""
+    if meta["peft_type"] != "LORA" or meta.get("task_type") != "SEQ_CLS":
+        raise UsageError(f"{path}: a PEFT {meta['peft_type']} adapter for task {meta.get('task_type')}; only LoRA "
+                         "for sequence classification (task_type SEQ_CLS) loads here")
+    targets = meta.get("target_modules")
+    if not isinstance(targets, list) or not targets or any(t not in LORA_TARGETS for t in targets):
+        raise UsageError(f"{path}: target_modules {targets!r}; this encoder runs LoRA on a list of "
+                         f"{', '.join(LORA_TARGETS)} only")
+    for key, ours in _PEFT_UNSUPPORTED.items():
+        if meta.get(key) not in (ours, None):  # None: PEFT's default, which is ours
+            raise UsageError(f"{path}: {key} = {meta[key]!r} is not supported here (only {ours!r})")
+    return {**meta, "base": meta.get("base_model_name_or_path")}
+
+
+def load_lora(model: modeling.Classifier, directory: str | os.PathLike) -> modeling.Classifier:
+    """Put the LoRA saved in `directory` (PEFT's layout, by PEFT or `save_lora`) onto `model`, a fresh base.
+
+    Every LoRA matrix and the classifier must be in the file; the pooler is loaded if it is there (PEFT
+    trains BERT's classifier only, leaving the base's pooler). Anything else in the file is an error."""
+    directory = Path(directory)
+    meta = read_config(directory)
+    add_lora(model, meta["r"], meta["lora_alpha"], meta["lora_dropout"], meta["target_modules"], verbose=False)
+    path = directory / PEFT_WEIGHTS_FILE
+    saved = hub.read_weights(path)
+    head, encoder = _peft_prefixes(model)
+    state = {}
+    for key, tensor in saved.items():
+        name = key.removeprefix(encoder) if key.startswith(encoder) else key.removeprefix(head)
+        m = _PEFT_LORA_KEY.match(name)
+        state[f"{m[1]}.qkv.lora.{m[2]}.{m[3]}" if m else name] = tensor
+    params = dict(model.named_parameters())
+    required = {n: p for n, p in params.items() if p.requires_grad and not n.startswith("pooler.")}
+    optional = {n: params[n] for n in state if n.startswith("pooler.") and n in params}
+    _check_keys(state, {**required, **optional}, path)
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        sha = (f.metadata() or {}).get("base_sha256")
+    if sha is not None and sha != base_fingerprint(model):
+        raise UsageError(f"{directory} was trained on other base weights than this model's (SHA-256 of the "
+                         f"frozen weights differs); it belongs to base {meta['base']!r}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+    return model

@@ -45,7 +45,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.checkpoint import checkpoint
 
 import adapter as adapters  # `adapter` is the bottleneck size below
 import hub
@@ -116,8 +115,12 @@ def _choice(name: str, value: str, choices) -> None:
         raise UsageError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
 
 
-def _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement) -> None:
+def _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement, lora=None) -> None:
     _positive(batch_size=batch_size, seq_len=seq_len, **{"adapter (the bottleneck size)": adapter})
+    if adapter is not None and lora is not None:
+        raise UsageError("adapters and LoRA are two methods: give adapter= or lora=, not both")
+    if lora is not None:
+        _positive(**{"LoRA rank r": lora.r})
     if num_labels < 2:
         raise UsageError(f"num_labels must be at least 2, got {num_labels}")
     _choice("precision", precision, PRECISIONS)
@@ -170,8 +173,10 @@ class ParamCount:
 
 
 def count_parameters(cfg: modeling.Config, num_labels: int = 3, adapter: int | None = None,
-                     placement: str = "houlsby", freeze_layernorm: bool = False) -> ParamCount:
-    """Closed form of `Classifier(cfg, num_labels)` (+ `adapter.add_adapters`); tests check it exactly."""
+                     placement: str = "houlsby", freeze_layernorm: bool = False,
+                     lora: adapters.LoRAConfig | None = None) -> ParamCount:
+    """Closed form of `Classifier(cfg, num_labels)` (+ `adapter.add_adapters` or `adapter.add_lora`);
+    tests check it exactly."""
     C, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     ln = 2 * C  # weight + bias
     embeddings = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * C
@@ -179,6 +184,9 @@ def count_parameters(cfg: modeling.Config, num_labels: int = 3, adapter: int | N
     head = (C * C + C) + (C * num_labels + num_labels)  # BERT pooler + classifier, or RoBERTa dense + out_proj
     n_ln = 1 + 2 * L
     total = embeddings + L * layer + n_ln * ln + head
+    if lora is not None:  # A (r x C) and B (C x r) per target and layer; the head; LayerNorms frozen
+        n_lora = L * len(lora.targets)
+        return ParamCount(total + n_lora * 2 * C * lora.r, n_lora * 2 * C * lora.r + head, 2 * n_lora + 4)
     if adapter is None:
         return ParamCount(total, total, 3 + 8 * L + 2 * n_ln + 4)  # embeddings, Linears, LayerNorms, head
     n_adapters = L * (2 if placement == "houlsby" else 1)
@@ -204,6 +212,7 @@ class _Shape:
     placement: str
     attention: str
     device: str
+    lora: adapters.LoRAConfig | None = None
 
     @property
     def N(self) -> int:
@@ -244,6 +253,19 @@ def _adapter_saved(x: _Shape, saved: Counter, live: bool) -> int:
     return 2 * C * b if live else C * b  # down's weight is needed only if its input wants a gradient
 
 
+def _lora_saved(x: _Shape, saved: Counter, live: bool) -> int:
+    """The LoRAs of one layer's qkv, (alpha / r) B A dropout(x) each; returns the Linear weight elements kept."""
+    C, N, n, r = x.cfg.hidden_size, x.N, len(x.lora.targets), x.lora.r
+    s, res = x.prec.compute_bytes, x.prec.residual_bytes
+    if x.lora.dropout > 0:  # each LoRA drops its own copy of x: A's input (under AMP a 16-bit cast), and
+        saved["dropout masks"] += n * N * C * x.mask(res) if live else 0  # a mask, if x wants a gradient
+        saved["lora"] += n * N * C * s
+    else:  # dropout(p=0) returns x itself: A keeps the layer input, once for all targets unless AMP casts it
+        saved["lora"] += N * C * s if s == res else n * N * C * s
+    saved["lora"] += n * N * r * s  # B's input
+    return n * (C * r + (r * C if live else 0))  # B's weight always; A's only if its input wants a gradient
+
+
 def _layer_saved(x: _Shape, live: bool) -> tuple[Counter, int]:
     """One encoder layer: (bytes by kind, Linear weight elements autograd keeps).
 
@@ -253,9 +275,12 @@ def _layer_saved(x: _Shape, live: bool) -> tuple[Counter, int]:
     """
     c, N, s, r = x.cfg, x.N, x.prec.compute_bytes, x.prec.residual_bytes
     C, F = c.hidden_size, c.intermediate_size
-    full, dropout = x.adapter is None, c.hidden_dropout_prob > 0
+    full, dropout = x.adapter is None and x.lora is None, c.hidden_dropout_prob > 0
     saved, w = Counter(), 0
     layernorm = N * C * r + 2 * N * x.stat_bytes  # input, mean and rstd (B, T, 1)
+    if x.lora is not None:  # the LoRA's A and B want gradients: from here on autograd records the layer
+        w += _lora_saved(x, saved, live) + (0 if live else -3 * C * C)  # frozen qkv: its weight only if x is live
+        live = True
     if live:
         # a Linear keeps its input only to compute its weight's gradient: frozen Linears keep none
         # (autograd saves mm's inputs only for the gradients it will compute; test_frozen_linear_keeps_no_input),
@@ -304,11 +329,11 @@ def _head_saved(x: _Shape) -> tuple[Counter, int]:
 def _encoder_saved(x: _Shape, freeze_layernorm: bool, checkpointing: bool) -> tuple[Counter, int, dict]:
     """(activation bytes by kind, Linear weight elements kept, candidate transient buffers)."""
     c, N, s, r = x.cfg, x.N, x.prec.compute_bytes, x.prec.residual_bytes
-    full = x.adapter is None
+    full = x.adapter is None and x.lora is None
     saved = Counter()
     if full:  # embedding backward keeps the indices: word and token-type ids (int64), RoBERTa's int32
         saved["indices"] += 2 * N * 8 + (N * 4 if c.roberta else x.T * 8)  # positions, BERT's arange(T) expanded
-    live = full or not freeze_layernorm
+    live = full or (x.lora is None and not freeze_layernorm)  # LoRA freezes the LayerNorms too
     if live:
         saved["layernorm"] += N * c.hidden_size * r + 2 * N * x.stat_bytes
         saved["dropout masks"] += N * c.hidden_size * x.mask(r) if c.hidden_dropout_prob > 0 else 0
@@ -340,11 +365,12 @@ def _encoder_saved(x: _Shape, freeze_layernorm: bool, checkpointing: bool) -> tu
 def estimate(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_labels: int = 3,
              precision: str = "bf16", optimizer: str = "adamw", adapter: int | None = None,
              placement: str = "houlsby", freeze_layernorm: bool = False, checkpointing: bool = False,
-             attention: str | None = None, device: str = "cuda", params: float | None = None) -> Breakdown:
+             attention: str | None = None, device: str = "cuda", params: float | None = None,
+             lora: adapters.LoRAConfig | None = None) -> Breakdown:
     """Memory of one training step, in bytes, by kind.
 
     `cfg`: a model.Config, or a local directory / Hub id / alias whose config.json to read.
-    `adapter`: bottleneck size (None: full fine-tuning). `device` picks the kernels: dropout masks
+    `adapter`: bottleneck size; `lora`: an adapter.LoRAConfig (neither: full fine-tuning). `device` picks the kernels: dropout masks
     are bool on "cuda" and in the activation dtype on "cpu"/"meta"; `attention` defaults to
     "flash" on CUDA and "math" elsewhere (what CPU and meta run when attention dropout is on).
     `params`: bill exactly this many parameters (for `--params N`); the difference to `cfg`'s own
@@ -352,15 +378,15 @@ def estimate(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_l
     """
     if isinstance(cfg, str):
         cfg = load_config(cfg)
-    _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement)
+    _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement, lora)
     _choice("device", device, DEVICES)
     if attention is None:  # what PyTorch picks in training: CPU runs its flash kernel only without dropout
         no_dropout = cfg.attention_probs_dropout_prob == 0
         attention = "flash" if device == "cuda" or (device == "cpu" and no_dropout) else "math"
     _choice("attention", attention, ATTENTION)
     prec = PRECISIONS[precision]
-    x = _Shape(cfg, batch_size, seq_len, num_labels, prec, adapter, placement, attention, device)
-    count = count_parameters(cfg, num_labels, adapter, placement, freeze_layernorm)
+    x = _Shape(cfg, batch_size, seq_len, num_labels, prec, adapter, placement, attention, device, lora)
+    count = count_parameters(cfg, num_labels, adapter, placement, freeze_layernorm, lora)
     saved, linear_weights, transients = _encoder_saved(x, freeze_layernorm, checkpointing)
     if params is not None:
         _positive(params=round(params))
@@ -368,7 +394,7 @@ def estimate(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_l
         if abs(extra) > 0.1 * params:  # the activations come from cfg: it must be a model of about that size
             raise UsageError(f"the shape has {count.total:.3g} parameters, more than 10% away from "
                              f"params={params:.3g}; choose layers/hidden near it (generic_config solves the layers)")
-        count = ParamCount(count.total + extra, count.trainable + (extra if adapter is None else 0),
+        count = ParamCount(count.total + extra, count.trainable + (extra if adapter is None and lora is None else 0),
                            count.trainable_tensors)
         linear_weights += 0 if checkpointing else extra
     amp = prec.autocast is not None
@@ -436,34 +462,23 @@ class _CastLog(TorchDispatchMode):
         return out
 
 
-class _Checkpointed(nn.Module):
-    """An encoder layer whose activations are recomputed in backward (torch.utils.checkpoint)."""
-
-    def __init__(self, layer: nn.Module, preserve_rng: bool):
-        super().__init__()
-        self.layer, self.preserve_rng = layer, preserve_rng
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return checkpoint(self.layer, x, mask, use_reentrant=False, preserve_rng_state=self.preserve_rng)
-
-
-def _build(cfg, num_labels, prec, adapter, placement, freeze_layernorm, checkpointing, device) -> nn.Module:
+def _build(cfg, num_labels, prec, adapter, placement, freeze_layernorm, checkpointing, device, lora) -> nn.Module:
     with device:
         net = modeling.Classifier(cfg, num_labels)
     if prec.param_bytes == 2:
         net.to(torch.bfloat16)
     if adapter:
         adapters.add_adapters(net, adapter, placement, freeze_layernorm, verbose=False)
-    if checkpointing:
-        for i, layer in enumerate(net.encoder.layer):
-            net.encoder.layer[i] = _Checkpointed(layer, preserve_rng=device.type != "meta")
+    if lora is not None:
+        adapters.add_lora(net, lora.r, lora.alpha, lora.dropout, lora.targets, verbose=False)
+    net.encoder.gradient_checkpointing = checkpointing  # train.py's --gradient-checkpointing, the same code
     return net.train()
 
 
 def measure(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_labels: int = 3,
             precision: str = "fp32", optimizer: str = "adamw", adapter: int | None = None,
             placement: str = "houlsby", freeze_layernorm: bool = False, checkpointing: bool = False,
-            device: str = "meta", step: bool = True) -> Breakdown:
+            device: str = "meta", step: bool = True, lora: adapters.LoRAConfig | None = None) -> Breakdown:
     """One real training step on `device`; the same fields as `estimate`, counted from real objects.
 
     activations: storages saved for backward that are not parameters (each counted once).
@@ -475,12 +490,12 @@ def measure(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_la
     """
     if isinstance(cfg, str):
         cfg = load_config(cfg)
-    _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement)
+    _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement, lora)
     prec, dev = PRECISIONS[precision], torch.device(device)
     if prec.autocast is not None and dev.type == "meta":
         raise UsageError(f"{precision} cannot be measured on the meta device (autocast has no meta backend); "
                          "use device='cpu' with a small config, or 'cuda'")
-    net = _build(cfg, num_labels, prec, adapter, placement, freeze_layernorm, checkpointing, dev)
+    net = _build(cfg, num_labels, prec, adapter, placement, freeze_layernorm, checkpointing, dev, lora)
     params = list(net.parameters())
     ids = torch.randint(cfg.pad_token_id + 1, cfg.vocab_size, (batch_size, seq_len), device=dev)  # no padding
     labels = torch.randint(0, num_labels, (batch_size,), device=dev)
@@ -675,6 +690,48 @@ def compare_full_vs_adapters(args) -> str:
         f"  device overhead: {OVERHEAD_NOTE}"])
 
 
+def method_breakdowns(cfg: modeling.Config, batch_size: int, seq_len: int, bottleneck: int = 64,
+                      lora: adapters.LoRAConfig | None = None, **kw) -> dict[str, Breakdown]:
+    """`estimate` for full fine-tuning, Houlsby and Pfeiffer adapters and LoRA, each without and with
+    activation checkpointing; keys like "lora r8" and "lora r8 + checkpointing". `kw` goes to estimate."""
+    lora = lora or adapters.LoRAConfig()
+    methods = {"full": {}, f"houlsby-{bottleneck}": {"adapter": bottleneck},
+               f"pfeiffer-{bottleneck}": {"adapter": bottleneck, "placement": "pfeiffer"}, f"lora r{lora.r}": {"lora": lora}}
+    return {name + (" + checkpointing" if ckpt else ""): estimate(cfg, batch_size, seq_len, checkpointing=ckpt, **m, **kw)
+            for ckpt in (False, True) for name, m in methods.items()}
+
+
+def compare_methods(args) -> str:
+    """`--methods`: every method side by side, with and without activation checkpointing, and what the
+    report's PEFT answer leaves out."""
+    lora = adapters.LoRAConfig(r=args.lora_r)
+    if args.params is not None:
+        cfg = generic_config(args.params, args.hidden, args.layers, args.heads, args.vocab, args.ffn,
+                             max(512, args.max_length))
+        what = f"an encoder of {_count(args.params)} parameters (the report's 3B question)"
+    else:
+        cfg, what = load_config(args.model), args.model
+    rows = method_breakdowns(cfg, args.batch_size, args.max_length, args.bottleneck, lora, num_labels=args.num_labels,
+                             precision=args.precision, optimizer=args.optimizer, attention=args.attention,
+                             params=args.params)
+    table = [[name, f"{b.trainable / 1e6:.2f}M", b.weights + b.master_weights, b.gradients, b.optimizer, b.activations,
+              b.total] for name, b in rows.items()]
+    full, peft, peft_ckpt = rows["full"], rows[f"lora r{lora.r}"], rows[f"lora r{lora.r} + checkpointing"]
+    state = lambda b: b.gradients + b.optimizer
+    return "\n".join([
+        f"{what}: {_settings(args)} (GB = 1e9 bytes)",
+        _table(["method", "trainable", "weights", "gradients", "optimizer", "activations", "total"], table),
+        f"  device overhead: {OVERHEAD_NOTE}",
+        "",
+        "What the report's PEFT answer leaves out: PEFT removes the gradients and optimizer states of the frozen",
+        (f"weights (LoRA: {_gb(state(full))} -> {_gb(state(peft))} GB here), but not their activations: the frozen "
+         f"layers still keep what backward needs to pass gradients down to the trained ones ({_gb(full.activations)} "
+         f"-> {_gb(peft.activations)} GB, {_share(full.activations - peft.activations, full.activations)} less). "),
+        (f"Only activation checkpointing cuts that term ({_gb(peft_ckpt.activations)} GB with LoRA, "
+         f"{_share(full.total - peft_ckpt.total, full.total)} of the full total saved), at about one more forward "
+         "pass of compute.")])
+
+
 def main(argv: list[str] | None = None) -> None:
     # Each default is written once, in its help: "%(default)s" where there is a value, words where None
     # means "derived" (ArgumentDefaultsHelpFormatter would print "(default: None)" beside them).
@@ -708,6 +765,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="activation checkpointing, one checkpoint per layer")
     p.add_argument("--checkpointing", action=Renamed, new="--gradient-checkpointing")
+    p.add_argument("--methods", action="store_true", help="full fine-tuning, Houlsby, Pfeiffer and LoRA side by side, "
+                   "each without and with activation checkpointing")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank for --methods (default: %(default)s)")
     p.add_argument("--attention", choices=ATTENTION, help="SDPA kernel (default: flash, what CUDA runs)")
     p.add_argument("--num-labels", type=int, default=3, help="classes of the head (default: %(default)s)")
     shape = p.add_argument_group("shape for --params")
@@ -720,7 +780,10 @@ def main(argv: list[str] | None = None) -> None:
         args = p.parse_args(argv)
         if args.adapter is not None:
             raise UsageError(f"--adapter {args.adapter} is now --bottleneck {args.adapter}")
-        print(compare_with_report(args) if args.params is not None else compare_full_vs_adapters(args))
+        if args.methods:
+            print(compare_methods(args))
+        else:
+            print(compare_with_report(args) if args.params is not None else compare_full_vs_adapters(args))
     except (UsageError, FileNotFoundError) as e:  # a ValueError of ours or torch's is a bug: its traceback stays
         p.error(str(e))
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from common import UsageError
 from hub import _Source, _weight_files, atomic_write, read_weights
@@ -237,10 +238,16 @@ class Encoder(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.gradient_checkpointing = False  # train.py --gradient-checkpointing sets it
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         for layer in self.layer:
-            x = layer(x, mask)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # activation checkpointing: keep only the layer's input and recompute the layer in backward,
+                # with the RNG state of the forward, so that dropout draws the same masks (same numbers)
+                x = checkpoint(layer, x, mask, use_reentrant=False, preserve_rng_state=True)
+            else:
+                x = layer(x, mask)
         return x
 
 

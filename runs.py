@@ -40,6 +40,7 @@ from common import Dist, UsageError, all_gather, all_reduce_max, barrier, print0
 
 # settings that must not change when a run is resumed (the others, e.g. micro-batch, may)
 FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "epochs",
+                   "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                    "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision",
                    "random_batches", "train_file", "dev_file", "test_file", "test_fraction", "text_column",
                    "text_pair_column", "label_column", "labels")
@@ -263,10 +264,10 @@ def environment(world: Dist, dtype) -> dict:
 
 
 def model_slug(cfg) -> str:
-    """The run folder's model name: --model-name, else the alias, Hub id or directory name; + -adapter."""
+    """The run folder's model name: --model-name, else the alias, Hub id or directory name; + -adapter or -lora."""
     given = hub.portable_name(cfg.model)  # the folder of the minilm alias is named minilm, not model
     name = cfg.model_name or (Path(given).name if Path(given).is_dir() else given.replace("/", "--"))
-    return name + ("-adapter" if cfg.adapter else "")
+    return name + ("-adapter" if cfg.adapter else "-lora" if cfg.lora else "")
 
 
 def write_json(path: Path, obj) -> None:

@@ -51,7 +51,7 @@ import eval as evaluation
 import model
 import own_data
 import runs
-from adapter import PLACEMENTS  # the name `adapter` is also a TrainConfig field
+from adapter import LORA_TARGETS, PLACEMENTS  # the name `adapter` is also a TrainConfig field
 from common import (
     MAX_LENGTH,
     PRECISIONS,
@@ -118,6 +118,16 @@ class TrainConfig:
                                               "(default: houlsby; needs --adapter)",
                                         choices=PLACEMENTS)
     freeze_layernorm: bool = opt(False, "with --adapter: freeze LayerNorms too (AdapterHub's recipe)")
+    lora: bool = opt(False, "train LoRA matrices on the attention projections and the head; freeze the rest "
+                            "(--save writes PEFT's layout)")
+    lora_r: int | None = opt(None, "LoRA rank (default: 8; needs --lora)", type=int)
+    lora_alpha: float | None = opt(None, "LoRA scale: the update is (alpha / r) B A x (default: 16; needs --lora)",
+                                   type=float)
+    lora_dropout: float | None = opt(None, "dropout on LoRA's input (default: 0.1; needs --lora)", type=float)
+    lora_targets: list[str] | None = opt(None, "projections that get a LoRA (default: query value; needs --lora)",  # noqa: RUF009
+                                         nargs="+", choices=LORA_TARGETS)
+    merge_lora: bool = opt(False, "with --lora --save: save a plain model with the LoRA folded into its weights "
+                                  "(for transformers alone), instead of PEFT's adapter files")
     # optimisation
     seeds: list[int] = opt((1,), "seeds to run one after another", type=int, nargs="+")  # noqa: RUF009
     epochs: int | None = opt(None, "epochs (default: the report's; full fine-tuning " + per_dataset("full", 0)
@@ -145,6 +155,8 @@ class TrainConfig:
     dropout_masks: str = opt("auto", "how dropout draws its masks: torch (bernoulli_, as transformers does), fast (16 "
                                      "bits per element from one bulk draw: 5-25x cheaper on a CPU); auto: fast on a "
                                      "CPU, torch on a GPU", choices=DROPOUT_MASKS)
+    gradient_checkpointing: bool = opt(False, "activation checkpointing: keep only each encoder layer's input and "
+                                              "recompute the layer in backward (less memory, ~1/3 more compute)")
     # run folder and outputs
     out: str = opt("runs", "output folder")
     model_name: str | None = opt(None, "name of the model in the run folder (default: from --model)")
@@ -172,10 +184,12 @@ class TrainConfig:
 # --help lists the flags in these groups, in TrainConfig's order; every field is in exactly one.
 FLAG_GROUPS = {
     "data": ("dataset", "data_dir", "max_length", "random_batches"),
-    "model and PEFT": ("model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm"),
+    "model and PEFT": ("model", "adapter", "bottleneck", "adapter_placement", "freeze_layernorm", "lora", "lora_r",
+                       "lora_alpha", "lora_dropout", "lora_targets", "merge_lora"),
     "optimisation": ("seeds", "epochs", "batch_size", "micro_batch_size", "lr", "weight_decay", "warmup_ratio",
                      "max_grad_norm"),
-    "precision and devices": ("precision", "device", "compile", "eval_batch_size", "max_tokens", "dropout_masks"),
+    "precision and devices": ("precision", "device", "compile", "eval_batch_size", "max_tokens", "dropout_masks",
+                              "gradient_checkpointing"),
     "run folder and outputs": ("out", "model_name", "save", "log_every", "tensorboard"),
     "your own data": own_data.OWN_DATA,
     "cluster: checkpoints and interruptions": ("resume", "checkpoint_every", "checkpoint_minutes"),
@@ -261,7 +275,11 @@ class Run:
         if cfg.adapter:  # freeze before DDP and before the optimizer: neither keeps anything for frozen weights
             adapter.add_adapters(net, bottleneck=cfg.bottleneck, placement=cfg.adapter_placement,
                                  freeze_layernorm=cfg.freeze_layernorm, verbose=world.master)
+        elif cfg.lora:
+            adapter.add_lora(net, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                             targets=cfg.lora_targets, verbose=world.master)
         model.set_dropout_masks(net, cfg.dropout_masks)
+        net.encoder.gradient_checkpointing = cfg.gradient_checkpointing  # same numbers, less activation memory
         self.model = net.to(world.device)
         self.pad_id = net.config.pad_token_id
         self.trainable = [p for p in net.parameters() if p.requires_grad]
@@ -445,7 +463,8 @@ class Run:
 
     def finish(self, results: dict) -> dict:
         wall = self.elapsed + time.perf_counter() - self.t0
-        result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "adapter": self.cfg.adapter,
+        method = "adapter" if self.cfg.adapter else "lora" if self.cfg.lora else "full"
+        result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "method": method, "adapter": self.cfg.adapter,
                   "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
                   **results, "wall_time_s": wall,
                   **runs.peak_memory(self.world.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
@@ -454,7 +473,11 @@ class Run:
             if self.cfg.save:
                 if self.cfg.adapter:
                     adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
+                elif self.cfg.lora and not self.cfg.merge_lora:  # PEFT's layout: peft.PeftModel loads it
+                    adapter.save_lora(self.model, self.dir / "model", base=self.cfg.model)
                 else:
+                    if self.cfg.merge_lora:  # W + (alpha / r) B A: the model is done training
+                        adapter.merge_lora(self.model)
                     # with the tokenizer files: transformers' AutoTokenizer and pipeline, and eval.py, read them
                     model.save_pretrained(self.model, self.dir / "model", labels=list(self.labels),
                                           tokenizer=self.tokenizer)
@@ -524,7 +547,22 @@ def resolve(cfg: TrainConfig, world_size: int, device: torch.device) -> TrainCon
     """Fill in the per-dataset and per-device defaults and reject settings that contradict each other."""
     if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
         raise UsageError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
-    kind = "adapter" if cfg.adapter else "full"
+    if cfg.adapter and cfg.lora:
+        raise UsageError("--adapter and --lora are two methods: pick one (one run folder each)")
+    lora_flags = (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if not cfg.lora and (any(v is not None for v in lora_flags) or cfg.merge_lora):
+        raise UsageError("--lora-r, --lora-alpha, --lora-dropout, --lora-targets and --merge-lora need --lora")
+    if cfg.merge_lora and not cfg.save:
+        raise UsageError("--merge-lora changes what --save writes: add --save")
+    if cfg.lora:  # PEFT's usual settings (Hu et al. 2021 use r 8 on query and value for roberta-base)
+        cfg = dataclasses.replace(
+            cfg, lora_r=8 if cfg.lora_r is None else cfg.lora_r, lora_alpha=16.0 if cfg.lora_alpha is None else cfg.lora_alpha,
+            lora_dropout=0.1 if cfg.lora_dropout is None else cfg.lora_dropout,
+            lora_targets=list(cfg.lora_targets or ("query", "value")))
+        if cfg.lora_r < 1 or cfg.lora_alpha <= 0 or not 0 <= cfg.lora_dropout < 1:
+            raise UsageError(f"--lora-r must be at least 1, --lora-alpha > 0 and --lora-dropout in [0, 1), got "
+                             f"{cfg.lora_r}, {cfg.lora_alpha:g}, {cfg.lora_dropout:g}")
+    kind = "adapter" if cfg.adapter or cfg.lora else "full"  # LoRA: the report's adapter epochs and lr
     epochs, lr = REPORT_DEFAULTS[kind][cfg.dataset] if cfg.dataset in data.DATASETS else OWN_DATA_DEFAULTS[kind]
     cfg = dataclasses.replace(
         cfg, dataset_name=own_data.run_name(cfg.dataset, cfg.train_file, cfg.dataset_name),  # checks --dataset

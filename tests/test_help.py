@@ -58,7 +58,7 @@ def test_memory_help_shows_each_default_once(capsys, monkeypatch):
     assert len(helps) > 15
     for flag, text in helps.items():
         assert "(default: None)" not in text and text.count("default") <= 1, (flag, text)
-        if flag not in ("--help", "--params", "--model", "--adapter", "--freeze-layernorm", "--gradient-checkpointing"):
+        if flag not in ("--help", "--params", "--model", "--adapter", "--freeze-layernorm", "--gradient-checkpointing", "--methods"):
             assert "(default: " in text, (flag, text)
     assert "(default: 64)" in helps["--batch-size"] and "(default: bf16)" in helps["--precision"]
 

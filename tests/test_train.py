@@ -300,7 +300,7 @@ def test_cli_errors(task, tmp_path, extra, message):
 FREE_ON_RESUME = {"checkpoint_every", "checkpoint_minutes", "compile", "data_dir", "dataset_name", "device",
                   "eval_batch_size", "log_every", "micro_batch_size", "model_name", "out", "resume", "save", "seeds",
                   "max_tokens", "dropout_masks",
-                  "tensorboard"}
+                  "tensorboard", "merge_lora", "gradient_checkpointing"}
 
 
 def test_every_setting_is_fixed_or_free_on_resume():

@@ -158,12 +158,16 @@ def add_reference_adapters(hf, init: dict[str, torch.Tensor]) -> dict[str, nn.Pa
     return out
 
 
-def reference_run(ckpt, kind, data_dir, adapter_init=None, epochs=EPOCHS, batch_size=BATCH):
-    """The reference loop. Returns (model, {our-or-hub name: trained parameter}, per-step records)."""
+def reference_run(ckpt, kind, data_dir, adapter_init=None, epochs=EPOCHS, batch_size=BATCH, prepare=None):
+    """The reference loop. Returns (model, {our-or-hub name: trained parameter}, per-step records).
+    `prepare(hf) -> (model, trained)` swaps in another model and trained set (test_lora: PEFT's LoRA)."""
     from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
     hf = AutoModelForSequenceClassification.from_pretrained(ckpt, attn_implementation="sdpa").train()
-    trained = (add_reference_adapters(hf, adapter_init) if adapter_init is not None
-               else dict(hf.named_parameters()))
+    if prepare is not None:
+        hf, trained = prepare(hf)
+    else:
+        trained = (add_reference_adapters(hf, adapter_init) if adapter_init is not None
+                   else dict(hf.named_parameters()))
     tok = hf_tokenizer(ckpt)
     texts, labels = read_train(data_dir)
     ids = tok(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
