@@ -166,8 +166,10 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
 # --------------------------------------------------------------------------- saving and loading
 
 
-def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base: str) -> None:
-    """Write the trained tensors to `adapter.safetensors` and the settings to `adapter_config.json`.
+def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base: str,
+                  labels: list[str] | None = None) -> None:
+    """Write the trained tensors to `adapter.safetensors` and the settings to `adapter_config.json`
+    (with `labels`, the class names in class-id order, which `from_pretrained` gives back as id2label).
 
     `base` is the name or path the base encoder was loaded from. What is recorded is what loads it on
     another machine or after the virtual environment moved: a Hub id or alias as given, and for the
@@ -183,7 +185,10 @@ def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base
         **_base_description(model),
         "adapter": asdict(cfg),
         "base_sha256": base_fingerprint(model),
+        **({"labels": list(labels)} if labels else {}),
     }
+    if labels and len(labels) != model.num_labels:
+        raise ValueError(f"{len(labels)} label names for a {model.num_labels}-label model")
     # weights first, config last: a directory with adapter_config.json is always complete
     hub.atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     hub.atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
@@ -225,6 +230,7 @@ def from_pretrained(directory: str | os.PathLike, base: str | None = None) -> mo
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}\n(this is the base of the adapters in {directory}; pass base=... "
                                 "to load the same weights from elsewhere)") from None
+    base_model.config.id2label = dict(enumerate(meta["labels"])) if "labels" in meta else None  # not the base's
     return load_adapters(base_model, directory)
 
 
