@@ -177,13 +177,13 @@ def format_per_class(rows: list[dict], fmt: str = "markdown") -> str:
         return out.getvalue()
     blocks = []
     for r in rows:
-        lines = [f"{r['model']} on {r['dataset']} {r['split']} (epoch rule {r['rule']}; {r['n']} seed"
-                 f"{'' if r['n'] == 1 else 's'}: mean ± sample std, percent)", "",
+        seeds = f"{r['n']} seed{'' if r['n'] == 1 else 's'}"
+        lines = [f"{r['model']} on {r['dataset']} {r['split']} (epoch rule {r['rule']}; {seeds}: mean ± sample std)",
+                 "",
                  "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         lines += [f"| {name} | {cell(r, 'precision', i)} | {cell(r, 'recall', i)} | {cell(r, 'f1', i)} | "
                   f"{r['support'][i]} |" for i, name in enumerate(r["labels"])]
-        lines += ["", f"confusion matrix, summed over {r['n']} seed{'' if r['n'] == 1 else 's'} "
-                      "(rows: true class, columns: predicted class)", "",
+        lines += ["", f"confusion matrix, summed over {seeds} (rows: true class, columns: predicted class)", "",
                   "| true \\ predicted | " + " | ".join(r["labels"]) + " |", "|---" * (len(r["labels"]) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in zip(r["labels"],
                                                                                      r["confusion_matrix"])]
@@ -414,8 +414,8 @@ def format_comparison(r: dict) -> str:
               else f"monte-carlo, {r['n_permutations']:,} random relabelings, seed {r['seed']}")
     d, needed, spread = r["cohens_d"], r["seeds_needed"], f"pooled sample std {_points(r['pooled_std'])} points"
     lines = [
-        f"{r['dataset']} {r['metric']} ({r['split']}{_rule_note(r)}): A = {r['a']} ({r['n_a']} seeds), "
-        f"B = {r['b']} ({r['n_b']} seeds)",
+        (f"{r['dataset']} {r['metric']} ({r['split']}{_rule_note(r)}): A = {r['a']} ({r['n_a']} seeds), "
+         f"B = {r['b']} ({r['n_b']} seeds)"),
         (f"  mean A {_points(r['mean_a'])}, mean B {_points(r['mean_b'])}, "
          f"difference A - B {_points(r['difference'], True)} points"),
         (f"  {100 * r['confidence']:g}% bootstrap CI of the difference "

@@ -49,7 +49,7 @@ def run(tmp_path_factory):
 
 
 def test_result_json_has_them_for_each_split_and_metrics_jsonl_does_not(run):
-    runs, data_dir = run
+    runs, _ = run
     seed = runs / "acl" / "enc" / "seed1"
     result = json.loads((seed / "result.json").read_text())
     for split, n in (("dev", 30), ("test", 40)):
@@ -57,7 +57,7 @@ def test_result_json_has_them_for_each_split_and_metrics_jsonl_does_not(run):
         assert cm.shape == (6, 6) and cm.sum() == n and sum(pc["support"]) == n
         assert cm.sum(axis=1).tolist() == pc["support"]
         assert np.trace(cm) / n == pytest.approx(result[split]["accuracy"])
-    evals = [json.loads(line) for line in open(seed / "metrics.jsonl") if '"split": "train"' not in line]
+    evals = [r for r in map(json.loads, (seed / "metrics.jsonl").read_text().splitlines()) if r["split"] != "train"]
     assert evals and not any("confusion_matrix" in r or "per_class" in r for r in evals)  # kept small
 
 
@@ -72,7 +72,7 @@ def test_evaluate_prints_and_returns_them(run, capsys):
     assert "confusion matrix (rows: true, columns: predicted; 0=Uses, 1=Future" in out
     assert "CompareOrContrast" in out and "precision  recall" in out
     # the same matrix from an independent path: predict's labels through scikit-learn
-    rows = [json.loads(line) for line in open(data_dir / "acl" / "test.jsonl")]
+    rows = [json.loads(line) for line in (data_dir / "acl" / "test.jsonl").read_text().splitlines()]
     net, tok = evaluation.load_model(saved)
     names = evaluation.label_names(net)
     preds = evaluation.predict(net, tok, [r["text"] for r in rows], max_length=64).argmax(-1).numpy()

@@ -175,7 +175,7 @@ def test_adapter_only_save(adapter_run):
     from sklearn.metrics import confusion_matrix
     run, data_dir, result = adapter_run
     assert sorted(p.name for p in (run / "model").iterdir()) == ["adapter.safetensors", "adapter_config.json"]
-    rows = [json.loads(line) for line in open(data_dir / "acl" / "test.jsonl")]
+    rows = [json.loads(line) for line in (data_dir / "acl" / "test.jsonl").read_text().splitlines()]
     texts = [r["text"] for r in rows]
     net, tok = evaluation.load_model(run / "model")
     assert evaluation.label_names(net) == result["labels"]  # the names recorded with the adapters

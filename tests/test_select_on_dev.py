@@ -38,7 +38,7 @@ def seed_dir(out):
 
 
 def evals(out, split):
-    return [r for r in map(json.loads, open(seed_dir(out) / "metrics.jsonl")) if r["split"] == split]
+    return [r for r in map(json.loads, (seed_dir(out) / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
 
 
 def test_selects_the_best_dev_epoch_and_saves_its_weights(task, tmp_path):
@@ -51,7 +51,7 @@ def test_selects_the_best_dev_epoch_and_saves_its_weights(task, tmp_path):
         assert result["test"][k] == test[best - 1][k] and result["dev"][k] == dev[best - 1][k]
         assert result["last_epoch"]["test"][k] == test[-1][k]
     # the saved model is that epoch's: its test predictions give that epoch's test accuracy and loss
-    rows = [json.loads(line) for line in open(task["data"] / "acl" / "test.jsonl")]
+    rows = [json.loads(line) for line in (task["data"] / "acl" / "test.jsonl").read_text().splitlines()]
     net, tok = evaluation.load_model(seed_dir(tmp_path) / "model")
     probs = evaluation.predict(net, tok, [r["text"] for r in rows], max_length=64)
     truth = torch.tensor([result["labels"].index(r["label"]) for r in rows])
@@ -114,13 +114,12 @@ def test_resume_keeps_the_best_so_far(task, tmp_path, monkeypatch):
 def test_refusals(task, tmp_path, capsys):
     own = tmp_path / "own"
     own.mkdir()
-    rows = [json.loads(line) for line in open(task["data"] / "acl" / "train.jsonl")]
+    rows = [json.loads(line) for line in (task["data"] / "acl" / "train.jsonl").read_text().splitlines()]
     for split, part in (("train", rows[:100]), ("test", rows[100:])):
         (own / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     cases = [
         (["--dataset", str(own), "--model", str(task["enc"]), "--max-length", "64", "--select-on", "dev"],
-         "needs a dev split, and own has "
-         "only train, test"),
+         "needs a dev split, and own has only train, test"),
         (["--dataset", "restaurant", "--data-dir", "/nowhere", "--select-on", "dev"], "restaurant has only train, test"),
         (args(task, tmp_path, "--select-metric", "accuracy"), "--select-metric needs --select-on dev"),
     ]
