@@ -293,8 +293,10 @@ def merge_lora(model: modeling.Classifier) -> modeling.Classifier:
 # --------------------------------------------------------------------------- saving and loading
 
 
-def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base: str) -> None:
-    """Write the trained tensors to `adapter.safetensors` and the settings to `adapter_config.json`.
+def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base: str,
+                  labels: list[str] | None = None) -> None:
+    """Write the trained tensors to `adapter.safetensors` and the settings to `adapter_config.json`
+    (with `labels`, the class names in class-id order, which `from_pretrained` gives back as id2label).
 
     `base` is the name or path the base encoder was loaded from. What is recorded is what loads it on
     another machine or after the virtual environment moved: a Hub id or alias as given, and for the
@@ -310,7 +312,10 @@ def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base
         **_base_description(model),
         "adapter": asdict(cfg),
         "base_sha256": base_fingerprint(model),
+        **({"labels": list(labels)} if labels else {}),
     }
+    if labels and len(labels) != model.num_labels:
+        raise ValueError(f"{len(labels)} label names for a {model.num_labels}-label model")
     # weights first, config last: a directory with adapter_config.json is always complete
     hub.atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     hub.atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
@@ -358,6 +363,8 @@ def from_pretrained(directory: str | os.PathLike, base: str | None = None) -> mo
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}\n(this is the base of the adapters in {directory}; pass base=... "
                                 "to load the same weights from elsewhere)") from None
+    labels = meta.get("labels") if "peft_type" not in meta else _peft_labels(directory)  # optional in the file
+    base_model.config.id2label = dict(enumerate(labels)) if labels else None  # not the base's
     return load_adapters(base_model, directory)
 
 
@@ -380,6 +387,14 @@ def _peft_num_labels(directory: str | os.PathLike) -> int:
             raise UsageError(f"{path} has no classifier weights: PEFT saves them with task_type SEQ_CLS "
                              "(modules_to_save), which a classifier needs")
         return f.get_slice(keys[0]).get_shape()[0]
+
+
+def _peft_labels(directory: str | os.PathLike) -> list[str] | None:
+    """The class names `save_lora` recorded in the safetensors metadata (None in a folder PEFT wrote)."""
+    from safetensors import safe_open
+    with safe_open(Path(directory) / PEFT_WEIGHTS_FILE, "pt") as f:
+        labels = (f.metadata() or {}).get("labels")
+    return json.loads(labels) if labels else None
 
 
 def read_config(directory: str | os.PathLike) -> dict:
@@ -473,11 +488,13 @@ def _peft_prefixes(model: modeling.Classifier) -> tuple[str, str]:
     return "base_model.model.", "base_model.model." + ("roberta." if model.config.roberta else "bert.")
 
 
-def save_lora(model: modeling.Classifier, directory: str | os.PathLike, base: str) -> None:
+def save_lora(model: modeling.Classifier, directory: str | os.PathLike, base: str,
+              labels: list[str] | None = None) -> None:
     """Write the LoRA matrices and the head in PEFT's layout: `adapter_model.safetensors` (keys like
     base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight; the head as PEFT saves
     modules_to_save) and `adapter_config.json` (a LoraConfig with task_type SEQ_CLS). The SHA-256 of
-    the frozen base goes in the safetensors metadata, which PEFT ignores and `load_lora` checks."""
+    the frozen base, and `labels` (class names in class-id order) as JSON, go in the safetensors metadata,
+    which PEFT ignores; `load_lora` checks the first and `from_pretrained` gives the second back as id2label."""
     from safetensors.torch import save_file
     if not has_lora(model):
         raise ValueError("this model has no LoRA: call add_lora first")
@@ -495,7 +512,10 @@ def save_lora(model: modeling.Classifier, directory: str | os.PathLike, base: st
             "init_lora_weights": True, "inference_mode": True, **_PEFT_UNSUPPORTED}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", "base_sha256": base_fingerprint(model)}
+    if labels and len(labels) != model.num_labels:
+        raise ValueError(f"{len(labels)} label names for a {model.num_labels}-label model")
+    metadata = {"format": "pt", "base_sha256": base_fingerprint(model), **({"labels": json.dumps(list(labels))}
+                                                                           if labels else {})}
     hub.atomic_write(directory / PEFT_WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata=metadata))
     hub.atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
 

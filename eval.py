@@ -1,10 +1,9 @@
-"""Evaluation: metrics, exact (distributed) evaluation, and reports on a runs folder.
+"""Evaluation: metrics (per class too), exact (distributed) evaluation, and predictions on new texts.
 
     python eval.py evaluate --model runs/acl/roberta-base/seed1/model --dataset acl
-    python eval.py summarize runs/        # markdown table: mean ± std over seeds
-    python eval.py plot runs/ --out figures/
-    python eval.py compare runs/ roberta-base bert-base-uncased   # is A better than B? (stats.py)
-    python eval.py claims runs/ experiments/report_claims.json
+    python eval.py predict --model runs/acl/roberta-base/seed1/model --input new.csv > predictions.jsonl
+
+(Reports on a runs folder are report.py's.)
 
 Every rank scores its own shard of the split (no padding duplicates, no gaps), then one
 reduction sums the confusion matrix, the loss and the count, so the numbers are the same
@@ -55,33 +54,48 @@ def confusion_matrix(preds, labels, num_classes: int) -> np.ndarray:
     return np.bincount(labels * num_classes + preds, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def metrics_from_confusion(cm) -> dict[str, float]:
-    """Accuracy, macro-F1 and micro-F1 (fractions) from a confusion matrix.
+def metrics_from_confusion(cm) -> dict:
+    """Accuracy, macro-F1 and micro-F1 (fractions), per-class precision, recall, F1 and support, and the
+    confusion matrix itself, from a confusion matrix C (C[i, j]: true class i predicted as j).
 
     Macro-F1 averages per-class F1 = 2tp / (2tp + fp + fn) over the classes that occur in the
     labels or the predictions, which is what scikit-learn's `f1_score(average="macro")` does
     without a `labels=` argument: a class absent from both is left out of the average, a class
     present in only one of them scores 0. Micro-F1 pools tp, fp and fn over classes; with one
     label per example it equals accuracy.
+
+    `per_class` holds lists in class-id order, as scikit-learn's `classification_report(...,
+    labels=range(K), zero_division=0)`: a class never predicted has precision 0, a class that never
+    occurs has recall 0 (and support 0), and F1 is 0 where precision and recall are both 0. Its F1
+    list therefore lists every class, including the absent ones that macro-F1 leaves out.
+    `confusion_matrix`: rows = true class, columns = predicted class, in class-id order (integers).
     """
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
-    fp = cm.sum(axis=0) - tp
-    fn = cm.sum(axis=1) - tp
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+    fp, fn = predicted - tp, support - tp
     total = cm.sum()
     if total == 0:
         raise ValueError("no examples to score")
     present = (2 * tp + fp + fn) > 0
-    f1 = 2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=present)  # 0 where 0/0
+
+    def share(num, den):  # zero_division=0
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0).tolist()
+
     return {
         "accuracy": float(tp.sum() / total),
-        "f1_macro": float(f1.mean()),
+        "f1_macro": float(f1[present].mean()),
         "f1_micro": float(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum())),
+        "per_class": {"precision": share(tp, predicted), "recall": share(tp, support), "f1": f1.tolist(),
+                      "support": support.astype(np.int64).tolist()},
+        "confusion_matrix": cm.astype(np.int64).tolist(),
     }
 
 
-def compute_metrics(preds, labels, num_classes: int) -> dict[str, float]:
-    """{"accuracy", "f1_macro", "f1_micro"} as fractions in 0..1."""
+def compute_metrics(preds, labels, num_classes: int) -> dict:
+    """{"accuracy", "f1_macro", "f1_micro"} as fractions in 0..1, with "per_class" and "confusion_matrix"
+    (metrics_from_confusion)."""
     return metrics_from_confusion(confusion_matrix(preds, labels, num_classes))
 
 
@@ -118,12 +132,17 @@ def evaluate(net: torch.nn.Module, enc: data.Encoded, num_classes: int, *, pad_i
     return {"loss": float(totals[-2] / totals[-1]), **out, "n": int(totals[-1])}
 
 
-# ----------------------------------------------------------------------------- evaluate a saved model
+# ----------------------------------------------------------------------------- load a saved model
 
 
 def load_model(directory: str | Path, base: str | None = None):
-    """(model, tokenizer) for a folder written by `train.py --save`, by transformers, or by
-    adapter.save_adapters (the base encoder named in adapter_config.json, or `base`, plus the adapters)."""
+    """(model, tokenizer) of a saved model: a folder written by `train.py --save` (a full model, or only the
+    adapters), by transformers (a sequence-classification head; labels from its id2label), or an adapter
+    folder, ours or PEFT's, on top of its base (the one named in adapter_config.json, or `base`; the
+    tokenizer comes from the base). Every adapter folder goes through adapter.is_adapter_dir and
+    adapter.from_pretrained, so a kind adapter.py learns to read loads here too.
+
+    A run folder is refused with the path of its saved model (FileNotFoundError)."""
     run = Path(directory)
     if (run / "metrics.jsonl").is_file() and not (run / "model.safetensors").is_file():  # train.py's run folder
         if (run / "model").is_dir():
@@ -135,6 +154,15 @@ def load_model(directory: str | Path, base: str | None = None):
         net = adapter.from_pretrained(directory, base=base)
         return net, model.load_tokenizer(base or adapter.read_config(directory)["base"])
     return model.from_pretrained(directory), model.load_tokenizer(base or directory)
+
+
+def label_names(net: model.Classifier) -> list[str]:
+    """The class names of a loaded model, index = class id: its config's id2label (train.py --save and
+    transformers write it), else LABEL_0, LABEL_1, ... as transformers names unnamed classes."""
+    names = net.config.id2label
+    if names and sorted(names) == list(range(net.num_labels)):
+        return [names[i] for i in range(net.num_labels)]
+    return [f"LABEL_{i}" for i in range(net.num_labels)]
 
 
 def check_labels(net: model.Classifier, labels: list[str], dataset: str, directory) -> None:
@@ -168,17 +196,120 @@ def evaluate_command(args) -> dict:
         print0(f"{args.model} on {dataset.name} {args.split} ({result['n']} examples): "
                f"accuracy {result['accuracy']:.4f} | f1_macro {result['f1_macro']:.4f} | "
                f"f1_micro {result['f1_micro']:.4f} | loss {result['loss']:.4f}")
+        print0(format_per_class(result, dataset.labels))
         if args.json:
             print0(json.dumps(result))
         return result
 
+
+def format_per_class(metrics: dict, labels: list[str]) -> str:
+    """Per-class precision, recall, F1 (percent) and support, then the confusion matrix (rows: true class,
+    columns: predicted class, label order), as text lines."""
+    pc, cm = metrics["per_class"], metrics["confusion_matrix"]
+    width = max(len("class"), *map(len, labels))
+    lines = [f"{'class':<{width}}  precision  recall      F1  support"]
+    for i, name in enumerate(labels):
+        lines.append(f"{name:<{width}}  {100 * pc['precision'][i]:9.2f}  {100 * pc['recall'][i]:6.2f}  "
+                     f"{100 * pc['f1'][i]:6.2f}  {pc['support'][i]:7d}")
+    cell = max(len(str(max(map(max, cm)))), 4)
+    lines.append(f"confusion matrix (rows: true, columns: predicted; {', '.join(f'{i}={n}' for i, n in enumerate(labels))})")
+    lines.append(" " * (width + 2) + " ".join(f"{i:>{cell}}" for i in range(len(labels))))
+    lines += [f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row) for name, row in zip(labels, cm)]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- predict: new texts, no labels
+
+
+def encode_texts(tokenizer, texts: list[str], text_pairs: list[str] | None,
+                 max_length: int) -> tuple[data.Encoded, int]:
+    """(tokenized texts, how many were truncated): texts (and their pairs) as data.encode tokenizes a
+    split for training, at most `max_length` tokens each."""
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise ValueError(f"{len(text_pairs)} text pairs for {len(texts)} texts")
+    examples = [data.Example(t, None if text_pairs is None else text_pairs[i], 0) for i, t in enumerate(texts)]
+    enc = data.encode(examples, tokenizer, max_length)
+    # Only a text that fills max_length can have lost tokens: encoded with room for one more, it shows.
+    full = np.flatnonzero(enc.lengths == max_length)
+    longer = data.encode([examples[i] for i in full], tokenizer, max_length + 1).lengths > max_length
+    return enc, int(longer.sum())
+
+
+@torch.inference_mode()
+def predict_encoded(net: torch.nn.Module, enc: data.Encoded, *, batch_size: int = 128,
+                    device: torch.device | None = None, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Class probabilities (N, num_labels), float32 on the CPU, row i for example i of `enc`.
+
+    Batches are sorted by length (little padding) and each row is written back to its example's place,
+    so the order is the input's. Softmax in float32, outside autocast. Eval mode (no dropout) for the
+    call; the model's mode is restored after it. A tqdm bar for more than 10 batches (on a terminal)."""
+    device = device or next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    probs = torch.empty(len(enc), net.num_labels)
+    batches = data.eval_batches(enc.lengths, batch_size)
+    for idx in tqdm(batches, desc=f"predict ({len(enc)} texts)", disable=None if len(batches) > 10 else True,
+                    dynamic_ncols=True, leave=False):
+        batch = {k: v.to(device, non_blocking=True)
+                 for k, v in data.collate(enc, idx, net.config.pad_token_id, data.pad_multiple(device)).items()}
+        with autocast():
+            logits = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (B, num_labels)
+        probs[torch.from_numpy(idx)] = logits.float().softmax(-1).cpu()
+    net.train(was_training)
+    return probs
+
+
+def predict(net: torch.nn.Module, tokenizer, texts: list[str], text_pairs: list[str] | None = None, *,
+            batch_size: int = 128, max_length: int | None = None, device: torch.device | None = None,
+            autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Class probabilities (N, num_labels) of `texts` (with `text_pairs`, pair i is (texts[i], text_pairs[i])),
+    float32 on the CPU, in the order of `texts`; argmax(-1) is the predicted class id. Inputs longer than
+    `max_length` tokens (default: the model's limit, net.config.max_length) are truncated, pairs the
+    longer side first, as in training. Eval mode and no gradients, as transformers'
+    pipeline("text-classification") scores: softmax of the logits."""
+    enc, _ = encode_texts(tokenizer, list(texts), None if text_pairs is None else list(text_pairs),
+                          max_length or net.config.max_length)
+    return predict_encoded(net, enc, batch_size=batch_size, device=device, autocast=autocast)
+
+
+def predict_command(args) -> list[dict]:
+    """eval.py predict: JSONL on stdout or in --output, one object per input row, in input order."""
+    if args.eval_batch_size < 1:
+        raise UsageError(f"--eval-batch-size must be at least 1, got {args.eval_batch_size}")
+    rows = own_data.read_texts(args.input, args.text_column, args.text_pair_column, args.id_column)
+    hub.cache_only_if_offline(hub.hub_repo(args.base or args.model) is not None or adapter.is_adapter_dir(args.model))
+    net, tok = load_model(args.model, args.base)
+    limit = net.config.max_length
+    max_length = limit if args.max_length is None else args.max_length
+    if not 1 <= max_length <= limit:
+        raise UsageError(f"--max-length {max_length}: {args.model} encodes 1 to {limit} tokens")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    enc, truncated = encode_texts(tok, rows.texts, rows.pairs, max_length)
+    if truncated:
+        print(f"eval.py predict: {truncated} of {len(rows.texts)} inputs were longer than {max_length} tokens and "
+              f"were truncated{' (pairs: the longer side first)' if rows.pairs else ''}", file=sys.stderr)
+    probs = predict_encoded(net.to(device), enc, batch_size=args.eval_batch_size, device=device,
+                            autocast=autocast(autocast_dtype(args.precision, device), device))
+    names = label_names(net)
+    out = []
+    for i, (p, k) in enumerate(zip(probs.tolist(), probs.argmax(-1).tolist())):
+        record = {} if rows.ids is None else {args.id_column: rows.ids[i]}
+        record.update(label=names[k], probs=dict(zip(names, p)))
+        out.append(record)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out)
+    if args.output:
+        hub.atomic_write(Path(args.output), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return out
 
 
 # ----------------------------------------------------------------------------- command line
 
 
 def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description="Score a saved model on a dataset split.")
+    parser = argparse.ArgumentParser(description="Score a saved model on a dataset split, or classify new texts.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("evaluate", help="score a saved model on a dataset split (torchrun works too)")
     p.add_argument("--checkpoint", action=Renamed, new="--model (a saved model folder, e.g. <run>/model)")
@@ -203,10 +334,33 @@ def main(argv: list[str] | None = None):
     g.add_argument("--device", choices=("cpu", "cuda"))
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+
+    p = sub.add_parser("predict", help="classify new texts with a saved model: JSONL, one line per input row")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="a saved model: train.py --save's <run>/model (full, adapters or "
+                   "LoRA), or a transformers folder with a sequence-classification head")
+    g.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
+                   "also where the tokenizer comes from")
+    g = p.add_argument_group("input")
+    g.add_argument("--input", required=True, help="a .csv, .tsv or .jsonl file (header row / fields), or - for "
+                   "one text per line on standard input")
+    g.add_argument("--text-column", default="text", help="the text column (default: %(default)s)")
+    g.add_argument("--text-pair-column", help="the second text of a pair (default: text_pair, if the file has it)")
+    g.add_argument("--id-column", default="id", help="copied into each output line when the file has it "
+                   "(default: %(default)s)")
+    g.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's limit)")
+    g = p.add_argument_group("precision and devices")
+    g.add_argument("--eval-batch-size", type=int, default=128, help="texts per batch (default: %(default)s)")
+    g.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="as train.py's --precision (default: %(default)s)")
+    g.add_argument("--device", choices=("cpu", "cuda"))
+    g = p.add_argument_group("output")
+    g.add_argument("--output", help="write the JSONL here (atomically) instead of to standard output")
     args = parser.parse_args(argv)
 
     if args.command == "evaluate":
         return evaluate_command(args)
+    return predict_command(args)
 
 
 def cli(argv: list[str] | None = None) -> int:

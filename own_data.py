@@ -380,6 +380,64 @@ def read_own(files: dict[str, Path], *, text_column: str = "text", text_pair_col
     return names, examples
 
 
+@dataclass(frozen=True)
+class Texts:
+    """Inputs to classify (eval.py predict): `texts[i]`, with `pairs[i]` when there is a pair column, and
+    `ids[i]` (the value as the file spells it) when there is an id column; file order."""
+    texts: list[str]
+    pairs: list[str] | None
+    ids: list | None
+
+
+def read_texts(path: str, text_column: str = "text", text_pair_column: str | None = None,
+               id_column: str = "id") -> Texts:
+    """Texts to classify from a .jsonl, .csv or .tsv file (the readers and one-line errors of your own data),
+    or `-`: standard input, one text per line. Other columns (a label column too) are ignored; the
+    `id_column` is kept when the file has one. The pair column is `text_pair_column`, else `text_pair`
+    when the file has it. Raises UsageError (bad content) or FileNotFoundError (no such file)."""
+    if path == "-":
+        import sys
+        lines = sys.stdin.read().split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the newline that ends the last line
+        lines = [line.removesuffix("\r") for line in lines]
+        if not lines:
+            raise UsageError("standard input is empty: give one text per line")
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                raise UsageError(f"<stdin>:{i}: empty line; with --input -, every line is one text "
+                                 "(remove it, or use a .jsonl/.csv/.tsv file)")
+        return Texts(lines, None, None)
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--input {path}: no such file")
+    if file.suffix not in OWN_FORMATS:
+        raise UsageError(f"--input {path}: read are {', '.join(OWN_FORMATS)} files, or - for one text per line "
+                         "on standard input")
+    columns, rows = _read_rows(file)
+    pair = text_pair_column or ("text_pair" if "text_pair" in columns else None)
+    flags = {text_column: "--text-column", pair: "--text-pair-column"}
+    texts, pairs, ids = [], [], []
+    for line, row in rows:
+        for column in (text_column, pair):
+            if column is None:
+                continue
+            if column not in row:
+                where, found = (f"{file}:{line}", list(row)) if file.suffix == ".jsonl" else (f"{file}:1", columns)
+                raise UsageError(f"{where}: no column {column!r} (found: {', '.join(map(repr, found))}); "
+                                 f"pass {flags[column]} NAME")
+            value = row[column]
+            if not (isinstance(value, str) and value.strip()):
+                what = "empty" if value is None or isinstance(value, str) else f"a {type(value).__name__}"
+                raise UsageError(f"{file}:{line}: the text in {column!r} is {what}; every row needs one "
+                                 "(fill it in or remove the line)")
+        texts.append(row[text_column])
+        pairs.append(row[pair] if pair else None)
+        ids.append(row.get(id_column))
+    has_ids = id_column in columns or any(i is not None for i in ids)
+    return Texts(texts, pairs if pair else None, ids if has_ids else None)
+
+
 def from_hub(dataset: str | None, data_dir: str | os.PathLike | None) -> bool:
     """Whether --dataset (with this --data-dir) reads its files from the Hub: a registered dataset without a
     local folder, or a hub:owner/name repo."""

@@ -78,6 +78,23 @@ def read_runs(root: str | Path) -> list[Seed]:
     return seeds
 
 
+def rule_of(result: dict) -> str:
+    """The epoch rule of a result.json (train.py --select-on): "last", or "best dev <metric>". One written
+    before --select-on existed has no "selection" and reports the last epoch, the only rule there was."""
+    selection = result.get("selection") or {"rule": "last"}
+    return "last" if selection["rule"] == "last" else f"best {selection['rule']} {selection['metric']}"
+
+
+def group_rule(group: list[Seed]) -> str:
+    """The one epoch rule of a group of finished seeds; seeds that mix rules cannot be averaged (UsageError)."""
+    rules = {rule_of(s.result) for s in group}
+    if len(rules) > 1:
+        which = "; ".join(f"seed {s.seed}: {rule_of(s.result)}" for s in group)
+        raise UsageError(f"{group[0].path.parent} mixes epoch rules ({which}): rerun those seeds with one "
+                         "--select-on, or move the others to another runs folder")
+    return rules.pop() if rules else "last"
+
+
 def _ordered(names) -> list[str]:
     return sorted(set(names), key=lambda n: (DATASET_ORDER.index(n) if n in DATASET_ORDER else len(DATASET_ORDER), n))
 
@@ -93,7 +110,7 @@ def summarize(root: str | Path, split: str = "test", metrics=("accuracy", "f1_ma
                 continue
             group = [s for s in seeds if s.model == model_name and s.dataset == dataset]
             done = finished[(dataset, model_name)]
-            row = {"model": model_name, "dataset": dataset, "split": split, "n": len(done),
+            row = {"model": model_name, "dataset": dataset, "split": split, "rule": group_rule(done), "n": len(done),
                    "seeds": [s.seed for s in done], "unfinished": [s.seed for s in group if s not in done]}
             for m in metrics:
                 values = np.array([s.result[split][m] for s in done], dtype=np.float64)
@@ -102,6 +119,76 @@ def summarize(root: str | Path, split: str = "test", metrics=("accuracy", "f1_ma
                           "values": values.tolist()}
             rows.append(row)
     return rows
+
+
+def summarize_per_class(root: str | Path, split: str = "test") -> list[dict]:
+    """One row per (model, dataset) with finished seeds: per class (result.json's labels, in class-id order)
+    the mean and sample std over seeds of precision, recall and F1, the support, and the confusion matrix
+    summed over seeds (rows: true, columns: predicted). A result.json without per-class metrics (written
+    before they existed) is an error that names it."""
+    groups = seed_groups(read_runs(root), split)
+    rows = []
+    for model_name in sorted({m for _, m in groups}, key=lambda m: (m.removesuffix("-adapter"), m)):  # as summarize
+        for dataset in _ordered(d for d, m in groups if m == model_name and groups[(d, m)]):
+            rows.append(_per_class_row(groups[(dataset, model_name)], model_name, dataset, split))
+    return rows
+
+
+def _per_class_row(done: list[Seed], model_name: str, dataset: str, split: str) -> dict:
+    """summarize_per_class's row of one (model, dataset): its finished seeds `done`."""
+    for s in done:
+        if "per_class" not in s.result[split] or "labels" not in s.result:
+            raise UsageError(f"{s.path / 'result.json'} has no per-class metrics (written before train.py "
+                             "recorded them): score its saved model with eval.py evaluate, or rerun the seed")
+    labels = done[0].result["labels"]
+    if other := next((s for s in done if s.result["labels"] != labels), None):
+        raise UsageError(f"{other.path / 'result.json'} labels its classes {other.result['labels']}, "
+                         f"{done[0].path / 'result.json'} {labels}: these seeds are not one task")
+    row = {"model": model_name, "dataset": dataset, "split": split, "rule": group_rule(done), "n": len(done),
+           "seeds": [s.seed for s in done], "labels": labels,
+           "support": done[0].result[split]["per_class"]["support"],
+           "confusion_matrix": np.sum([s.result[split]["confusion_matrix"] for s in done], axis=0).tolist()}
+    for m in ("precision", "recall", "f1"):
+        values = np.array([s.result[split]["per_class"][m] for s in done], dtype=np.float64)  # (seeds, classes)
+        row[m] = {"mean": values.mean(0).tolist(),
+                  "std": values.std(0, ddof=1).tolist() if len(done) > 1 else None}
+    return row
+
+
+def format_per_class(rows: list[dict], fmt: str = "markdown") -> str:
+    """summarize_per_class's rows: a table per (model, dataset) and its summed confusion matrix (markdown),
+    one line per class (csv), or the rows themselves (json)."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+
+    def cell(row, m, i):
+        text = f"{100 * row[m]['mean'][i]:.2f}"
+        return text if row[m]["std"] is None else f"{text} ± {100 * row[m]['std'][i]:.2f}"
+
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["model", "dataset", "split", "epoch rule", "seeds", "class", "precision", "recall", "F1",
+                         "support"])
+        for r in rows:
+            for i, name in enumerate(r["labels"]):
+                writer.writerow([r["model"], r["dataset"], r["split"], r["rule"], r["n"], name,
+                                 *(cell(r, m, i) for m in ("precision", "recall", "f1")), r["support"][i]])
+        return out.getvalue()
+    blocks = []
+    for r in rows:
+        seeds = f"{r['n']} seed{'' if r['n'] == 1 else 's'}"
+        lines = [f"{r['model']} on {r['dataset']} {r['split']} (epoch rule {r['rule']}; {seeds}: mean ± sample std)",
+                 "",
+                 "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {cell(r, 'precision', i)} | {cell(r, 'recall', i)} | {cell(r, 'f1', i)} | "
+                  f"{r['support'][i]} |" for i, name in enumerate(r["labels"])]
+        lines += ["", f"confusion matrix, summed over {seeds} (rows: true class, columns: predicted class)", "",
+                  "| true \\ predicted | " + " | ".join(r["labels"]) + " |", "|---" * (len(r["labels"]) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in zip(r["labels"],
+                                                                                     r["confusion_matrix"])]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def _cell(row: dict, metric: str) -> str:
@@ -125,12 +212,14 @@ def format_table(rows: list[dict], metrics, fmt: str = "markdown") -> str:
     names = {"accuracy": "acc", "f1_macro": "macro-F1", "f1_micro": "micro-F1", "loss": "loss"}
     datasets = _ordered(r["dataset"] for r in rows)
     models = list(dict.fromkeys(r["model"] for r in rows))
-    header = ["model"] + [f"{d} {names[m]}" for d in datasets for m in metrics]
+    header = ["model"] + [f"{d} {names[m]}" for d in datasets for m in metrics] + ["epoch rule"]
     lines = []
     for model_name in models:
         by_dataset = {r["dataset"]: r for r in rows if r["model"] == model_name}
+        rules = dict.fromkeys(r["rule"] for r in by_dataset.values())  # the datasets' rules, in order, once each
+        rule = next(iter(rules)) if len(rules) == 1 else ", ".join(f"{r['rule']} ({d})" for d, r in by_dataset.items())
         lines.append([model_name] + [_cell(by_dataset[d], m) if d in by_dataset else "" for d in datasets
-                                     for m in metrics])
+                                     for m in metrics] + [rule])
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
@@ -198,9 +287,13 @@ def _too_few(groups: dict, dataset: str, names, split: str) -> str | None:
 
 
 def compare_one(groups: dict, dataset: str, a: str, b: str, metric: str, split: str, alpha: float) -> dict:
+    rule_a, rule_b = group_rule(groups[(dataset, a)]), group_rule(groups[(dataset, b)])
+    if rule_a != rule_b:  # a dev-picked epoch against the last one would favour the picked side
+        raise UsageError(f"{dataset}: {a} reports the epoch rule {rule_a!r} and {b} {rule_b!r}; compare runs "
+                         "of one rule (train.py --select-on)")
     values_a = group_values(groups[(dataset, a)], split, metric)
     values_b = group_values(groups[(dataset, b)], split, metric)
-    return {"dataset": dataset, "metric": metric, "split": split, "a": a, "b": b,
+    return {"dataset": dataset, "metric": metric, "split": split, "a": a, "b": b, "rule": rule_a,
             **stats.compare(values_a, values_b, alpha=alpha),
             "seeds_a": [s.seed for s in groups[(dataset, a)]], "seeds_b": [s.seed for s in groups[(dataset, b)]]}
 
@@ -314,6 +407,12 @@ def _points(x: float, sign: bool = False) -> str:
     return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
 
 
+def _rule_note(r: dict) -> str:
+    """The epoch rule in compare's and claims' text, where it is not the report's default (the last epoch);
+    --format json always has "rule"."""
+    return "" if r["rule"] == "last" else f", epoch rule {r['rule']}"
+
+
 def format_comparison(r: dict) -> str:
     """The text block of one compare row: metric in points (percent), p as is."""
     alpha = round(1 - r["confidence"], 10)
@@ -321,7 +420,8 @@ def format_comparison(r: dict) -> str:
               else f"monte-carlo, {r['n_permutations']:,} random relabelings, seed {r['seed']}")
     d, needed, spread = r["cohens_d"], r["seeds_needed"], f"pooled sample std {_points(r['pooled_std'])} points"
     lines = [
-        f"{r['dataset']} {r['metric']} ({r['split']}): A = {r['a']} ({r['n_a']} seeds), B = {r['b']} ({r['n_b']} seeds)",
+        (f"{r['dataset']} {r['metric']} ({r['split']}{_rule_note(r)}): A = {r['a']} ({r['n_a']} seeds), "
+         f"B = {r['b']} ({r['n_b']} seeds)"),
         (f"  mean A {_points(r['mean_a'])}, mean B {_points(r['mean_b'])}, "
          f"difference A - B {_points(r['difference'], True)} points"),
         (f"  {100 * r['confidence']:g}% Welch t CI of the difference "
@@ -354,7 +454,7 @@ def format_claim(r: dict) -> str:
     else:
         test = (f"{100 * r['confidence']:g}% CI [{_points(r['ci_low'], True)}, {_points(r['ci_high'], True)}], "
                 f"p {r['p_value']:.4g} ({r['method']})")
-    return (f"{head} | {_points(r['mean_a'])} vs {_points(r['mean_b'])}, difference {_points(r['difference'], True)}, "
+    return (f"{head} | {_points(r['mean_a'])} vs {_points(r['mean_b'])}{_rule_note(r)}, difference {_points(r['difference'], True)}, "
             f"{test}, {r['n_a']} vs {r['n_b']} seeds")
 
 
@@ -456,6 +556,8 @@ def main(argv: list[str] | None = None):
     p.add_argument("runs")
     p.add_argument("--split", default="test")
     p.add_argument("--all-metrics", action="store_true", help="add micro-F1 and loss")
+    p.add_argument("--per-class", action="store_true", help="instead: per class precision, recall, F1 and support, "
+                   "and the confusion matrix summed over seeds, one block per model and dataset")
     p.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"))
     p = sub.add_parser("plot", help="PNG learning curves per dataset, and adapters vs full fine-tuning")
     p.add_argument("runs")
@@ -480,7 +582,9 @@ def main(argv: list[str] | None = None):
                        help="json: values as fractions, as in result.json")
     args = parser.parse_args(argv)
 
-    if args.command == "summarize":
+    if args.command == "summarize" and args.per_class:
+        print(format_per_class(summarize_per_class(args.runs, args.split), args.format))
+    elif args.command == "summarize":
         metrics = METRICS if args.all_metrics else METRICS[:2]
         print(format_table(summarize(args.runs, args.split, metrics), metrics, args.format))
     elif args.command == "compare":

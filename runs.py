@@ -19,6 +19,7 @@ import errno
 import fcntl
 import functools
 import json
+import math
 import os
 import platform
 import resource
@@ -43,7 +44,7 @@ FIXED_ON_RESUME = ("dataset", "model", "adapter", "bottleneck", "adapter_placeme
                    "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                    "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "precision",
                    "random_batches", "train_file", "dev_file", "test_file", "test_fraction", "text_column",
-                   "text_pair_column", "label_column", "labels")
+                   "text_pair_column", "label_column", "labels", "select_on", "select_metric")
 
 
 def log(run, record: dict) -> None:
@@ -106,6 +107,7 @@ def _write_checkpoint(run, per_rank: list) -> str | None:
         "elapsed": run.elapsed + time.perf_counter() - run.t0,
         "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
         "config": dataclasses.asdict(run.cfg), "world_size": run.world.world_size,
+        "selection": run.selection.state_dict(),
     }
     try:
         hub.atomic_write(run.checkpoint_path, lambda tmp: torch.save(state, tmp))
@@ -132,7 +134,7 @@ def load_checkpoint(run) -> None:
         was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(run.cfg, k)})" for k in changed)
         raise UsageError(f"{run.checkpoint_path} was written with {was}; resume with the same settings, "
                          f"or delete {run.dir} to start over")
-    if "skipped_steps" not in state or any("grad_norms" not in r for r in state["ranks"]):
+    if not {"skipped_steps", "selection"} <= state.keys() or any("grad_norms" not in r for r in state["ranks"]):
         raise UsageError(older)
     missing = [n for n, p in run.model.named_parameters() if p.requires_grad and n not in state["model"]]
     if missing:
@@ -144,6 +146,7 @@ def load_checkpoint(run) -> None:
     run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     run.skipped_steps = state["skipped_steps"]
     run.elapsed = state["elapsed"]
+    run.selection.load_state_dict(state["selection"])
     if state["world_size"] == run.world.world_size:
         mine = state["ranks"][run.world.rank]
         torch.set_rng_state(mine["rng"])
@@ -158,6 +161,102 @@ def load_checkpoint(run) -> None:
         with open(run.dir / "metrics.jsonl", "r+") as f:
             f.truncate(state["metrics_bytes"])
     print0(f"resumed {run.dir} at step {run.step} (epoch {run.epoch + 1}, batch {run.batch_in_epoch})")
+
+
+# ----------------------------------------------------------------------------- which epoch a run reports
+
+
+class Selection:
+    """--select-on: the epoch whose metrics result.json reports and whose weights --save writes.
+
+    "last" (the default, the experiment report's rule) takes the last epoch and never looks at a score.
+    "dev" takes the epoch with the best dev `metric` (higher is better; on a tie the earlier epoch) and
+    keeps a CPU copy of its trainable tensors (frozen ones never change), so that --save can write them.
+    Test scores are never looked at. The state goes into each checkpoint, so a resumed run selects
+    exactly as an uninterrupted one."""
+
+    def __init__(self, rule: str, metric: str | None):
+        self.rule, self.metric = rule, metric
+        self.epoch, self.results, self.state = None, None, None  # the selected epoch so far
+
+    def update(self, epoch: int, results: dict, net: torch.nn.Module) -> None:
+        """After each epoch's evaluation: `results` is split -> metrics (eval.evaluate's dicts)."""
+        if self.rule == "dev" and self.results is not None and \
+                results["dev"][self.metric] <= self.results["dev"][self.metric]:
+            return
+        self.epoch, self.results = epoch, results
+        if self.rule == "dev":
+            self.state = {n: p.detach().to("cpu", copy=True) for n, p in net.named_parameters() if p.requires_grad}
+
+    def restore(self, net: torch.nn.Module) -> None:
+        """Put the selected epoch's trainable tensors back into `net` (a no-op for the last epoch's)."""
+        if self.state is not None:
+            with torch.no_grad():
+                for n, p in net.named_parameters():
+                    if n in self.state:
+                        p.copy_(self.state[n])
+
+    def record(self, last: dict) -> dict:
+        """result.json's metrics: split -> the selected epoch's metrics, and "selection" (rule, metric,
+        epoch); under "dev" also "last_epoch": the last epoch's metrics, `last`."""
+        selection = {"rule": self.rule, "epoch": self.epoch, **({"metric": self.metric} if self.rule == "dev" else {})}
+        return {**self.results, "selection": selection, **({"last_epoch": last} if self.rule == "dev" else {})}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "results": self.results, "state": self.state}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.epoch, self.results, self.state = d["epoch"], d["results"], d["state"]
+
+
+def selection_rule(result: dict) -> str:
+    """The epoch rule a result.json reports under, as report.rule_of names it: "last", or "best dev <metric>".
+    A result.json written before --select-on existed has no "selection": its rule was the last epoch."""
+    selection = result.get("selection") or {"rule": "last"}
+    return "last" if selection["rule"] == "last" else f"best {selection['rule']} {selection['metric']}"
+
+
+def check_same_rule(path: Path, cfg) -> None:
+    """A finished seed is skipped; one that reports another epoch rule than this command asks for must not
+    be skipped silently (its result.json would answer for the other rule)."""
+    done = selection_rule(json.loads(path.read_text()))
+    asked = "last" if cfg.select_on == "last" else f"best {cfg.select_on} {cfg.select_metric}"
+    if done != asked:
+        raise UsageError(f"{path} exists and reports the epoch rule {done!r}, not {asked!r} as asked: give this "
+                         "run its own folder (--out DIR or --model-name NAME), or delete that seed's folder")
+
+
+# ----------------------------------------------------------------------------- did the run learn anything?
+
+# The learning rates a MiniLM-sized model needs, named when a run learned nothing (README, DESIGN.md)
+LR_HINT = "MiniLM needs about 1e-4 for full fine-tuning and 1e-3 with adapters or LoRA"
+
+
+def learned_nothing(run, results: dict) -> str | None:
+    """One line (to print after "warning: ") when the run shows the signs of having learned nothing, else None: every prediction on an
+    evaluated split (dev or test) falls in one class, or the training loss barely moved (its last logged
+    value is within 5% of its first; needs 2 logged values or more). Rank 0 reads metrics.jsonl."""
+    signs = []
+    for split in ("test", "dev"):
+        if split in results:
+            predicted = [sum(col) for col in zip(*results[split]["confusion_matrix"])]  # per class
+            if sum(c > 0 for c in predicted) == 1:
+                k = next(i for i, c in enumerate(predicted) if c)
+                signs.append(f"every {split} prediction is {run.labels[k]!r}")
+                break
+    losses = [r["loss"] for r in _records(run.dir / "metrics.jsonl") if r.get("split") == "train"]
+    if len(losses) >= 2 and losses[0] - losses[-1] < 0.05 * losses[0]:
+        signs.append(f"the training loss barely moved ({losses[0]:.4f} -> {losses[-1]:.4f})")
+    if not signs:
+        return None
+    warmup = math.ceil(run.cfg.warmup_ratio * run.total_steps)
+    return (f"this run looks like it learned nothing: {' and '.join(signs)}. Likely causes: the learning "
+            f"rate (--lr {run.cfg.lr:g}; {LR_HINT}), too few steps ({run.step} optimizer steps), or warm-up too "
+            f"long for the run ({warmup} of {run.total_steps} steps, --warmup-ratio {run.cfg.warmup_ratio:g})")
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def offline_recipe(cfg, registered: bool) -> str:

@@ -80,6 +80,9 @@ FP16_ON_CPU = ("note: --precision fp16 on a CPU runs about 8x slower than fp32 (
                "on a CPU) or bf16 is the fast choice here, fp16 is for GPUs")
 
 
+SELECT_METRICS = ("f1_macro", "accuracy", "f1_micro")  # --select-metric: scores, higher is better
+
+
 def opt(default, help, **argparse_kwargs):
     """A TrainConfig field that also describes its command-line flag."""
     return field(default=default, metadata={"help": help, **argparse_kwargs})
@@ -179,6 +182,11 @@ class TrainConfig:
     checkpoint_every: int = opt(200, "also checkpoint every N optimizer steps (0: only at epoch ends)", type=int)
     checkpoint_minutes: float = opt(0.0, "also checkpoint every M minutes of wall time (0: off), for jobs that can "
                                          "be preempted", type=float)
+    # Which epoch the run reports (issue 23): result.json's metrics and --save's weights
+    select_on: str = opt("last", "last: the last epoch (the experiment report's rule); dev: the epoch with the best "
+                                 "dev --select-metric (needs a dev split). Never picks on test", choices=("last", "dev"))
+    select_metric: str | None = opt(None, "with --select-on dev: the dev score to pick by (default: f1_macro)",
+                                    choices=SELECT_METRICS)
 
 
 # --help lists the flags in these groups, in TrainConfig's order; every field is in exactly one.
@@ -193,7 +201,14 @@ FLAG_GROUPS = {
     "run folder and outputs": ("out", "model_name", "save", "log_every", "tensorboard"),
     "your own data": own_data.OWN_DATA,
     "cluster: checkpoints and interruptions": ("resume", "checkpoint_every", "checkpoint_minutes"),
+    "which epoch the run reports": ("select_on", "select_metric"),
 }
+
+
+def no_dev_split(name: str, splits) -> str:
+    return (f"--select-on dev needs a dev split, and {name} has only {', '.join(splits)}: for your own data add "
+            "dev.jsonl/.csv/.tsv (or --dev-file FILE); or leave --select-on at last (the default), which "
+            "reports the last epoch")
 
 
 # ----------------------------------------------------------------------------- main: setup, then one Run per seed
@@ -213,6 +228,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "(where there are any), as with --resume")
             cfg = dataclasses.replace(cfg, resume=True)
         mcfg, tok, dataset = runs.check_inputs(cfg)  # every input checked before anything slow
+        if cfg.select_on == "dev" and "dev" not in dataset.examples:
+            raise UsageError(no_dev_split(cfg.dataset_name, dataset.examples))
         # tokenize every split once, for all seeds
         splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
@@ -224,6 +241,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for seed in cfg.seeds:
             run_dir = Path(cfg.out) / cfg.dataset_name / runs.model_slug(cfg) / f"seed{seed}"
             if (run_dir / "result.json").exists():
+                runs.check_same_rule(run_dir / "result.json", cfg)
                 print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
                 continue
             if stop := runs.agreed_stop_signal(world)[0]:  # the signal came after the last step of the seed before
@@ -307,6 +325,7 @@ class Run:
         # since the last log line: the sum of the finite gradient norms before clipping, and how many there are
         self.grad_norms = torch.zeros(2, dtype=torch.float64, device=world.device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=world.device)  # first step with a NaN/inf loss
+        self.selection = runs.Selection(cfg.select_on, cfg.select_metric)
 
     # --- the loop
 
@@ -355,6 +374,7 @@ class Run:
                                     f"{len(batches)})")
             bar.close()
             results = self.evaluate(epoch + 1)
+            self.selection.update(epoch + 1, results, self.model)  # --select-on: last, or best on dev so far
             self.epoch, self.batch_in_epoch = epoch + 1, 0
             if epoch + 1 < cfg.epochs:
                 runs.save_checkpoint(self)
@@ -462,19 +482,29 @@ class Run:
 
 
     def finish(self, results: dict) -> dict:
+        """result.json (the selected epoch's metrics, see runs.Selection) and, with --save, the saved model."""
         wall = self.elapsed + time.perf_counter() - self.t0
+        reported = self.selection.record(last=results)
+        warning = runs.learned_nothing(self, reported) if self.world.master else None
         method = "adapter" if self.cfg.adapter else "lora" if self.cfg.lora else "full"
         result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "method": method, "adapter": self.cfg.adapter,
                   "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
-                  **results, "wall_time_s": wall,
+                  **reported, "wall_time_s": wall,
                   **runs.peak_memory(self.world.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
-                  "labels": list(self.labels)}  # class names, index = class id
+                  "labels": list(self.labels),  # class names, index = class id
+                  "warnings": [warning] if warning else []}
+        if self.selection.rule != "last":
+            print0(f"selected epoch {self.selection.epoch} of {self.cfg.epochs} (best dev {self.selection.metric}): "
+                   f"test accuracy {reported['test']['accuracy']:.4f} | f1_macro {reported['test']['f1_macro']:.4f}")
+        if warning:
+            print0(f"warning: {warning}")
         if self.world.master:
             if self.cfg.save:
+                self.selection.restore(self.model)  # the selected epoch's weights (the last epoch's: as they are)
                 if self.cfg.adapter:
-                    adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model)
+                    adapter.save_adapters(self.model, self.dir / "model", base=self.cfg.model, labels=list(self.labels))
                 elif self.cfg.lora and not self.cfg.merge_lora:  # PEFT's layout: peft.PeftModel loads it
-                    adapter.save_lora(self.model, self.dir / "model", base=self.cfg.model)
+                    adapter.save_lora(self.model, self.dir / "model", base=self.cfg.model, labels=list(self.labels))
                 else:
                     if self.cfg.merge_lora:  # W + (alpha / r) B A: the model is done training
                         adapter.merge_lora(self.model)
@@ -547,6 +577,10 @@ def resolve(cfg: TrainConfig, world_size: int, device: torch.device) -> TrainCon
     """Fill in the per-dataset and per-device defaults and reject settings that contradict each other."""
     if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
         raise UsageError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
+    if cfg.select_metric is not None and cfg.select_on != "dev":
+        raise UsageError("--select-metric needs --select-on dev (the last epoch is picked by no score)")
+    if cfg.select_on == "dev" and cfg.dataset in data.DATASETS and "dev" not in data.DATASETS[cfg.dataset].splits:
+        raise UsageError(no_dev_split(cfg.dataset, data.DATASETS[cfg.dataset].splits))
     if cfg.adapter and cfg.lora:
         raise UsageError("--adapter and --lora are two methods: pick one (one run folder each)")
     lora_flags = (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
@@ -571,7 +605,8 @@ def resolve(cfg: TrainConfig, world_size: int, device: torch.device) -> TrainCon
         adapter_placement=(cfg.adapter_placement or "houlsby") if cfg.adapter else None,
         micro_batch_size=max(cfg.batch_size // world_size, 1) if cfg.micro_batch_size is None else cfg.micro_batch_size,
         max_tokens=(data.CPU_MAX_TOKENS if device.type == "cpu" else 0) if cfg.max_tokens is None else cfg.max_tokens,
-        dropout_masks=model.dropout_masks(cfg.dropout_masks, device))
+        dropout_masks=model.dropout_masks(cfg.dropout_masks, device),
+        select_metric=(cfg.select_metric or "f1_macro") if cfg.select_on == "dev" else None)
     for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "eval_batch_size", "log_every",
                  *(["bottleneck"] if cfg.adapter else [])):
         if getattr(cfg, name) < 1:

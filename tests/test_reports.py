@@ -137,7 +137,7 @@ def test_summarize_a_real_sweep(runs):
     assert by_model["tiny-adapter"]["n"] == 1 and by_model["tiny-adapter"]["accuracy"]["std"] is None
     out = cli("summarize", str(runs["runs"]))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[0] == "| model | acl acc | acl macro-F1 |"
+    assert out.stdout.splitlines()[0] == "| model | acl acc | acl macro-F1 | epoch rule |"
 
 
 def _hand_made(root, model_name, dataset, seed, accuracy=None, f1=None, records=()):
@@ -166,8 +166,9 @@ def test_summarize_known_numbers_and_a_missing_seed(tmp_path):
     table = report.format_table([row_acl, row_restaurant], ("accuracy", "f1_macro"))
     assert "82.00 ± 2.00 (3) +1 unfinished" in table and "73.00 ± 2.65 (3) +1 unfinished" in table
     assert "| bert | 90.00 (1) | 80.00 (1) | 82.00" in table  # restaurant before acl, as in the report
+    assert table.splitlines()[2].endswith(" | last |")  # a result.json without "selection": the last epoch
     csv_out = report.format_table([row_acl], ("accuracy",), "csv").splitlines()
-    assert csv_out[0] == "model,acl acc" and csv_out[1].startswith("bert,82.00 ± 2.00 (3)")
+    assert csv_out[0] == "model,acl acc,epoch rule" and csv_out[1].startswith("bert,82.00 ± 2.00 (3)")
     assert json.loads(report.format_table([row_acl], ("accuracy",), "json"))[0]["n"] == 3
 
 
