@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hub
-import model as modeling  # the functions below take an argument named `model`
+import model
 from common import UsageError
 
 PLACEMENTS = ("houlsby", "pfeiffer")
@@ -96,7 +96,7 @@ class AdapterAddNorm(nn.Module):
     state-dict keys stay exactly where they were.
     """
 
-    def __init__(self, add_norm: modeling.AddNorm, adapter: Adapter):
+    def __init__(self, add_norm: model.AddNorm, adapter: Adapter):
         super().__init__()
         self.dense = add_norm.dense
         self.dropout = add_norm.dropout
@@ -110,9 +110,9 @@ class AdapterAddNorm(nn.Module):
 # --------------------------------------------------------------------------- adding and freezing
 
 
-def add_adapters(model: modeling.Classifier, bottleneck: int = 64, placement: str = "houlsby",
+def add_adapters(net: model.Classifier, bottleneck: int = 64, placement: str = "houlsby",
                  freeze_layernorm: bool = False, init_scale: float = 1e-3,
-                 verbose: bool = True) -> modeling.Classifier:
+                 verbose: bool = True) -> model.Classifier:
     """Insert adapters into `model` in place, freeze the rest, and return `model`.
 
     Trained afterwards: the adapters, every LayerNorm (unless `freeze_layernorm`, AdapterHub's
@@ -122,31 +122,31 @@ def add_adapters(model: modeling.Classifier, bottleneck: int = 64, placement: st
         raise UsageError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if bottleneck < 1:
         raise UsageError(f"bottleneck must be a positive integer, got {bottleneck}")
-    if has_adapters(model) or has_lora(model):
+    if has_adapters(net) or has_lora(net):
         raise ValueError("this model already has adapters or LoRA; "
                          "load a fresh base model to add others")
-    for layer in model.encoder.layer:
+    for layer in net.encoder.layer:
         if placement == "houlsby":
             layer.attention.output = _wrap(layer.attention.output, bottleneck, init_scale)
         layer.output = _wrap(layer.output, bottleneck, init_scale)
-    model.adapter_config = AdapterConfig(bottleneck, placement, freeze_layernorm, init_scale)
-    freeze_base(model, freeze_layernorm)
+    net.adapter_config = AdapterConfig(bottleneck, placement, freeze_layernorm, init_scale)
+    freeze_base(net, freeze_layernorm)
     if verbose:
-        trainable, total = trainable_parameters(model)
+        trainable, total = trainable_parameters(net)
         print(f"adapters: {placement}, bottleneck {bottleneck}: trainable {trainable:,} of {total:,} "
               f"parameters ({100 * trainable / total:.2f}%)")
-    return model
+    return net
 
 
 def _wrap(add_norm: nn.Module, bottleneck: int, init_scale: float) -> AdapterAddNorm:
-    if type(add_norm) is not modeling.AddNorm:
+    if type(add_norm) is not model.AddNorm:
         raise TypeError(f"expected a model.AddNorm to put an adapter in, found {type(add_norm).__name__}")
     w = add_norm.dense.weight  # the adapter lives where the layer it extends lives: same device and dtype
     adapter = Adapter(add_norm.dense.out_features, bottleneck, init_scale, device=w.device, dtype=w.dtype)
     return AdapterAddNorm(add_norm, adapter)
 
 
-def freeze_base(model: modeling.Classifier, freeze_layernorm: bool = False) -> None:
+def freeze_base(net: model.Classifier, freeze_layernorm: bool = False) -> None:
     """requires_grad only for adapters, LayerNorms (unless frozen) and the classification head.
 
     The head includes BERT's pooler (dense + tanh on [CLS]): it is the counterpart of RoBERTa's
@@ -154,29 +154,29 @@ def freeze_base(model: modeling.Classifier, freeze_layernorm: bool = False) -> N
     setup. A base checkpoint without pooler weights gets a randomly initialised pooler
     (`model.from_pretrained`), which must not stay frozen at random values.
     """
-    trainable = _head(model) + [m for m in model.modules() if isinstance(m, Adapter)]
+    trainable = _head(net) + [m for m in net.modules() if isinstance(m, Adapter)]
     if not freeze_layernorm:
-        trainable += [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
-    model.requires_grad_(False)
+        trainable += [m for m in net.modules() if isinstance(m, nn.LayerNorm)]
+    net.requires_grad_(False)
     for module in trainable:
         module.requires_grad_(True)
-    for p in model.parameters():
+    for p in net.parameters():
         if not p.requires_grad:
             p.grad = None  # a frozen weight keeps no gradient memory from earlier training
 
 
-def _head(model: modeling.Classifier) -> list[nn.Module]:
+def _head(net: model.Classifier) -> list[nn.Module]:
     """The classification head: the classifier, and BERT's pooler (see freeze_base)."""
-    return [model.classifier] + ([model.pooler] if model.pooler is not None else [])
+    return [net.classifier] + ([net.pooler] if net.pooler is not None else [])
 
 
-def has_adapters(model: nn.Module) -> bool:
-    return any(isinstance(m, Adapter) for m in model.modules())
+def has_adapters(net: nn.Module) -> bool:
+    return any(isinstance(m, Adapter) for m in net.modules())
 
 
-def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+def trainable_parameters(net: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
-    params = list(model.parameters())
+    params = list(net.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
@@ -233,8 +233,8 @@ class LoRAQKV(nn.Module):
         return torch.cat(parts, dim=-1)  # (B, T, 3C)
 
 
-def add_lora(model: modeling.Classifier, r: int = 8, alpha: float = 16, dropout: float = 0.1,
-             targets=("query", "value"), verbose: bool = True) -> modeling.Classifier:
+def add_lora(net: model.Classifier, r: int = 8, alpha: float = 16, dropout: float = 0.1,
+             targets=("query", "value"), verbose: bool = True) -> model.Classifier:
     """Add a LoRA to the `targets` projections of every layer in place, freeze the rest, return `model`.
 
     Trained afterwards: the LoRA matrices and the classification head (for BERT with the pooler, see
@@ -247,32 +247,32 @@ def add_lora(model: modeling.Classifier, r: int = 8, alpha: float = 16, dropout:
     if r < 1 or alpha <= 0 or not 0 <= dropout < 1:
         raise UsageError(f"LoRA needs r >= 1, alpha > 0 and dropout in [0, 1), got r={r}, alpha={alpha}, "
                          f"dropout={dropout}")
-    if has_adapters(model) or has_lora(model):
+    if has_adapters(net) or has_lora(net):
         raise ValueError("this model already has adapters or LoRA; load a fresh base model to add others")
     targets = tuple(t for t in LORA_TARGETS if t in targets)  # PEFT's order: a layer's query LoRA before its value
-    for layer in model.encoder.layer:
+    for layer in net.encoder.layer:
         qkv = layer.attention.self.qkv
         C, w = qkv.in_features, qkv.weight  # each LoRA lives where its projection lives: same device and dtype
         layer.attention.self.qkv = LoRAQKV(qkv, {t: LoRA(C, C, r, alpha, dropout, w.device, w.dtype) for t in targets})
-    model.lora_config = LoRAConfig(r, alpha, dropout, targets)
-    model.requires_grad_(False)
-    for module in _head(model) + [m for m in model.modules() if isinstance(m, LoRA)]:
+    net.lora_config = LoRAConfig(r, alpha, dropout, targets)
+    net.requires_grad_(False)
+    for module in _head(net) + [m for m in net.modules() if isinstance(m, LoRA)]:
         module.requires_grad_(True)
     if verbose:
-        trainable, total = trainable_parameters(model)
+        trainable, total = trainable_parameters(net)
         print(f"LoRA: r {r}, alpha {alpha:g} on {' '.join(targets)}: trainable {trainable:,} of {total:,} "
               f"parameters ({100 * trainable / total:.2f}%)")
-    return model
+    return net
 
 
-def has_lora(model: nn.Module) -> bool:
-    return any(isinstance(m, LoRA) for m in model.modules())
+def has_lora(net: nn.Module) -> bool:
+    return any(isinstance(m, LoRA) for m in net.modules())
 
 
-def merge_lora(model: modeling.Classifier) -> modeling.Classifier:
+def merge_lora(net: model.Classifier) -> model.Classifier:
     """Fold every LoRA into its projection, W + (alpha / r) B A, in place: a plain Classifier again,
     which `model.save_pretrained` writes for transformers alone. (The LoRA's dropout is gone: eval mode.)"""
-    for layer in model.encoder.layer:
+    for layer in net.encoder.layer:
         qkv = layer.attention.self.qkv
         if not isinstance(qkv, LoRAQKV):
             continue
@@ -286,14 +286,14 @@ def merge_lora(model: modeling.Classifier) -> modeling.Classifier:
                     lora = qkv.lora[name]
                     plain.weight[i * C:(i + 1) * C] += lora.scaling * (lora.lora_B.weight @ lora.lora_A.weight)
         layer.attention.self.qkv = plain
-    model.__dict__.pop("lora_config", None)
-    return model
+    net.__dict__.pop("lora_config", None)
+    return net
 
 
 # --------------------------------------------------------------------------- saving and loading
 
 
-def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base: str,
+def save_adapters(net: model.Classifier, directory: str | os.PathLike, base: str,
                   labels: list[str] | None = None) -> None:
     """Write the trained tensors to `adapter.safetensors` and the settings to `adapter_config.json`
     (with `labels`, the class names in class-id order, which `from_pretrained` gives back as id2label).
@@ -303,25 +303,25 @@ def save_adapters(model: modeling.Classifier, directory: str | os.PathLike, base
     folder of a package alias (`hub.PACKAGE_ALIASES`) the alias, which `from_pretrained` resolves again.
     """
     from safetensors.torch import save_file
-    cfg = _adapter_config(model)
+    cfg = _adapter_config(net)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    state = {name: p.detach().cpu().contiguous() for name, p in net.named_parameters() if p.requires_grad}
     meta = {
         "base": hub.portable_name(base),
-        **_base_description(model),
+        **_base_description(net),
         "adapter": asdict(cfg),
-        "base_sha256": base_fingerprint(model),
+        "base_sha256": base_fingerprint(net),
         **({"labels": list(labels)} if labels else {}),
     }
-    if labels and len(labels) != model.num_labels:
-        raise ValueError(f"{len(labels)} label names for a {model.num_labels}-label model")
+    if labels and len(labels) != net.num_labels:
+        raise ValueError(f"{len(labels)} label names for a {net.num_labels}-label model")
     # weights first, config last: a directory with adapter_config.json is always complete
     hub.atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     hub.atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
 
 
-def load_adapters(model: modeling.Classifier, directory: str | os.PathLike) -> modeling.Classifier:
+def load_adapters(net: model.Classifier, directory: str | os.PathLike) -> model.Classifier:
     """Put the adapters saved in `directory` onto `model`, a freshly loaded base Classifier.
 
     Adds adapters with the saved settings (or checks the ones already added match), checks the
@@ -330,26 +330,26 @@ def load_adapters(model: modeling.Classifier, directory: str | os.PathLike) -> m
     directory = Path(directory)
     meta = read_config(directory)
     if "peft_type" in meta:
-        return load_lora(model, directory)
-    _check_base(model, meta, directory)
+        return load_lora(net, directory)
+    _check_base(net, meta, directory)
     saved = AdapterConfig(**meta["adapter"])
-    if not has_adapters(model):
-        add_adapters(model, **asdict(saved), verbose=False)
+    if not has_adapters(net):
+        add_adapters(net, **asdict(saved), verbose=False)
     else:
-        _check_settings(model.adapter_config, saved, directory)
-    if base_fingerprint(model) != meta["base_sha256"]:
+        _check_settings(net.adapter_config, saved, directory)
+    if base_fingerprint(net) != meta["base_sha256"]:
         raise UsageError(f"{directory} was trained on other base weights than this model's (SHA-256 of the "
                          f"frozen weights differs); it belongs to base {meta['base']!r}")
     state = hub.read_weights(directory / WEIGHTS_FILE)  # safetensors: tensors only, nothing can run
-    expected = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    expected = {name: p for name, p in net.named_parameters() if p.requires_grad}
     _check_keys(state, expected, directory / WEIGHTS_FILE)
     with torch.no_grad():
         for name, p in expected.items():
             p.copy_(state[name])  # copy_ keeps the model's device and dtype
-    return model
+    return net
 
 
-def from_pretrained(directory: str | os.PathLike, base: str | None = None) -> modeling.Classifier:
+def from_pretrained(directory: str | os.PathLike, base: str | None = None) -> model.Classifier:
     """Load the base named in `directory/adapter_config.json` (or `base`, e.g. a local copy) and
     the adapters or the LoRA (PEFT's layout) on top of it: what eval.py calls for an adapter run."""
     meta = read_config(directory)
@@ -359,7 +359,7 @@ def from_pretrained(directory: str | os.PathLike, base: str | None = None) -> mo
                          "base it was trained on (eval.py --base NAME_OR_DIR)")
     num_labels = meta["num_labels"] if "peft_type" not in meta else _peft_num_labels(directory)
     try:
-        base_model = modeling.from_pretrained(base, num_labels=num_labels)
+        base_model = model.from_pretrained(base, num_labels=num_labels)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}\n(this is the base of the adapters in {directory}; pass base=... "
                                 "to load the same weights from elsewhere)") from None
@@ -414,14 +414,14 @@ def read_config(directory: str | os.PathLike) -> dict:
     return meta
 
 
-def base_fingerprint(model: nn.Module) -> str:
+def base_fingerprint(net: nn.Module) -> str:
     """SHA-256 over the names, shapes and float32 bytes of every frozen parameter.
 
     Exact, and portable across devices (unlike a floating-point checksum computed on the GPU);
     about a second for roberta-base.
     """
     h = hashlib.sha256()
-    for name, p in model.named_parameters():
+    for name, p in net.named_parameters():
         if p.requires_grad:
             continue
         if p.is_meta:
@@ -431,21 +431,21 @@ def base_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _adapter_config(model: nn.Module) -> AdapterConfig:
-    if not has_adapters(model):
+def _adapter_config(net: nn.Module) -> AdapterConfig:
+    if not has_adapters(net):
         raise ValueError("this model has no adapters: call add_adapters first (or model.save_pretrained "
                          "to save a fully fine-tuned model)")
-    return model.adapter_config
+    return net.adapter_config
 
 
-def _base_description(model: modeling.Classifier) -> dict:
-    c = model.config
+def _base_description(net: model.Classifier) -> dict:
+    c = net.config
     return {"model_type": c.model_type, "hidden_size": c.hidden_size,
-            "num_hidden_layers": c.num_hidden_layers, "num_labels": model.num_labels}
+            "num_hidden_layers": c.num_hidden_layers, "num_labels": net.num_labels}
 
 
-def _check_base(model: modeling.Classifier, meta: dict, directory: Path) -> None:
-    ours = _base_description(model)
+def _check_base(net: model.Classifier, meta: dict, directory: Path) -> None:
+    ours = _base_description(net)
     for key, value in ours.items():
         if meta[key] != value:
             raise UsageError(f"{directory} holds adapters for a {meta['model_type']} base ({meta['base']!r}) "
@@ -482,13 +482,13 @@ _PEFT_UNSUPPORTED = {"bias": "none", "fan_in_fan_out": False, "use_rslora": Fals
                      "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {}}
 
 
-def _peft_prefixes(model: modeling.Classifier) -> tuple[str, str]:
+def _peft_prefixes(net: model.Classifier) -> tuple[str, str]:
     """(prefix of the head's keys, prefix of the encoder's and pooler's): PEFT names the keys of
     transformers' XForSequenceClassification inside `base_model.model.`."""
-    return "base_model.model.", "base_model.model." + ("roberta." if model.config.roberta else "bert.")
+    return "base_model.model.", "base_model.model." + ("roberta." if net.config.roberta else "bert.")
 
 
-def save_lora(model: modeling.Classifier, directory: str | os.PathLike, base: str,
+def save_lora(net: model.Classifier, directory: str | os.PathLike, base: str,
               labels: list[str] | None = None) -> None:
     """Write the LoRA matrices and the head in PEFT's layout: `adapter_model.safetensors` (keys like
     base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight; the head as PEFT saves
@@ -496,11 +496,11 @@ def save_lora(model: modeling.Classifier, directory: str | os.PathLike, base: st
     the frozen base, and `labels` (class names in class-id order) as JSON, go in the safetensors metadata,
     which PEFT ignores; `load_lora` checks the first and `from_pretrained` gives the second back as id2label."""
     from safetensors.torch import save_file
-    if not has_lora(model):
+    if not has_lora(net):
         raise ValueError("this model has no LoRA: call add_lora first")
-    cfg, (head, encoder) = model.lora_config, _peft_prefixes(model)
+    cfg, (head, encoder) = net.lora_config, _peft_prefixes(net)
     state = {}
-    for name, p in model.named_parameters():
+    for name, p in net.named_parameters():
         if not p.requires_grad:
             continue
         m = _LORA_KEY.match(name)
@@ -508,13 +508,13 @@ def save_lora(model: modeling.Classifier, directory: str | os.PathLike, base: st
         state[key] = p.detach().cpu().contiguous()
     meta = {"peft_type": "LORA", "task_type": "SEQ_CLS", "base_model_name_or_path": hub.portable_name(base),
             "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout, "target_modules": list(cfg.targets),
-            "modules_to_save": [m for m in ("classifier", "pooler") if getattr(model, m) is not None],
+            "modules_to_save": [m for m in ("classifier", "pooler") if getattr(net, m) is not None],
             "init_lora_weights": True, "inference_mode": True, **_PEFT_UNSUPPORTED}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if labels and len(labels) != model.num_labels:
-        raise ValueError(f"{len(labels)} label names for a {model.num_labels}-label model")
-    metadata = {"format": "pt", "base_sha256": base_fingerprint(model), **({"labels": json.dumps(list(labels))}
+    if labels and len(labels) != net.num_labels:
+        raise ValueError(f"{len(labels)} label names for a {net.num_labels}-label model")
+    metadata = {"format": "pt", "base_sha256": base_fingerprint(net), **({"labels": json.dumps(list(labels))}
                                                                            if labels else {})}
     hub.atomic_write(directory / PEFT_WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata=metadata))
     hub.atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
@@ -544,33 +544,33 @@ def _read_peft_config(meta: dict, path: Path) -> dict:
     return {**meta, "base": meta.get("base_model_name_or_path")}
 
 
-def load_lora(model: modeling.Classifier, directory: str | os.PathLike) -> modeling.Classifier:
+def load_lora(net: model.Classifier, directory: str | os.PathLike) -> model.Classifier:
     """Put the LoRA saved in `directory` (PEFT's layout, by PEFT or `save_lora`) onto `model`, a fresh base.
 
     Every LoRA matrix and the classifier must be in the file; the pooler is loaded if it is there (PEFT
     trains BERT's classifier only, leaving the base's pooler). Anything else in the file is an error."""
     directory = Path(directory)
     meta = read_config(directory)
-    add_lora(model, meta["r"], meta["lora_alpha"], meta["lora_dropout"], meta["target_modules"], verbose=False)
+    add_lora(net, meta["r"], meta["lora_alpha"], meta["lora_dropout"], meta["target_modules"], verbose=False)
     path = directory / PEFT_WEIGHTS_FILE
     saved = hub.read_weights(path)
-    head, encoder = _peft_prefixes(model)
+    head, encoder = _peft_prefixes(net)
     state = {}
     for key, tensor in saved.items():
         name = key.removeprefix(encoder) if key.startswith(encoder) else key.removeprefix(head)
         m = _PEFT_LORA_KEY.match(name)
         state[f"{m[1]}.qkv.lora.{m[2]}.{m[3]}" if m else name] = tensor
-    params = dict(model.named_parameters())
+    params = dict(net.named_parameters())
     required = {n: p for n, p in params.items() if p.requires_grad and not n.startswith("pooler.")}
     optional = {n: params[n] for n in state if n.startswith("pooler.") and n in params}
     _check_keys(state, {**required, **optional}, path)
     from safetensors import safe_open
     with safe_open(path, "pt") as f:
         sha = (f.metadata() or {}).get("base_sha256")
-    if sha is not None and sha != base_fingerprint(model):
+    if sha is not None and sha != base_fingerprint(net):
         raise UsageError(f"{directory} was trained on other base weights than this model's (SHA-256 of the "
                          f"frozen weights differs); it belongs to base {meta['base']!r}")
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)
-    return model
+    return net

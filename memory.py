@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import adapter as adapters  # `adapter` is the bottleneck size below
+import adapter
 import hub
-import model as modeling
+import model
 from common import Renamed, UsageError, autocast
 
 GB = 1e9  # the report's unit: 3e9 fp16 weights = 6 GB
@@ -115,9 +115,9 @@ def _choice(name: str, value: str, choices) -> None:
         raise UsageError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
 
 
-def _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement, lora=None) -> None:
-    _positive(batch_size=batch_size, seq_len=seq_len, **{"adapter (the bottleneck size)": adapter})
-    if adapter is not None and lora is not None:
+def _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, bottleneck, placement, lora=None) -> None:
+    _positive(batch_size=batch_size, seq_len=seq_len, **{"adapter (the bottleneck size)": bottleneck})
+    if bottleneck is not None and lora is not None:
         raise UsageError("adapters and LoRA are two methods: give adapter= or lora=, not both")
     if lora is not None:
         _positive(**{"LoRA rank r": lora.r})
@@ -125,7 +125,7 @@ def _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, 
         raise UsageError(f"num_labels must be at least 2, got {num_labels}")
     _choice("precision", precision, PRECISIONS)
     _choice("optimizer", optimizer, OPTIMIZERS)
-    _choice("placement", placement, adapters.PLACEMENTS)
+    _choice("placement", placement, adapter.PLACEMENTS)
     if seq_len > cfg.max_length:
         raise UsageError(f"seq_len {seq_len} is longer than the model's position table allows ({cfg.max_length})")
 
@@ -133,17 +133,17 @@ def _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, 
 # --------------------------------------------------------------------------- configs
 
 
-def load_config(name_or_path: str) -> modeling.Config:
+def load_config(name_or_path: str) -> model.Config:
     """config.json of a local directory, a Hub id or an alias, read the way model.from_pretrained reads it."""
     try:
-        return modeling.load_config(name_or_path)
+        return model.load_config(name_or_path)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}\n(memory.py needs only config.json: pass a directory holding it, "
                                 "or use --params N for a generic shape)") from None
 
 
 def generic_config(params: float, hidden: int = 2560, layers: int | None = None, heads: int | None = None,
-                   vocab: int = 50265, ffn: int | None = None, max_positions: int = 512) -> modeling.Config:
+                   vocab: int = 50265, ffn: int | None = None, max_positions: int = 512) -> model.Config:
     """A BERT-style encoder of about `params` parameters, for `--params N` (the report names no model).
 
     Defaults: hidden 2560, FFN 4x hidden, 128-wide heads, roberta's vocabulary; the number of layers
@@ -153,7 +153,7 @@ def generic_config(params: float, hidden: int = 2560, layers: int | None = None,
     heads = heads or max(1, hidden // 128)
     if hidden % heads:
         raise UsageError(f"hidden {hidden} is not a multiple of heads {heads}")
-    cfg = modeling.Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=0, num_attention_heads=heads,
+    cfg = model.Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=0, num_attention_heads=heads,
                           intermediate_size=ffn or 4 * hidden, max_position_embeddings=max_positions)
     if layers is None:
         fixed = count_parameters(cfg).total
@@ -172,9 +172,9 @@ class ParamCount:
     trainable_tensors: int  # AdamW keeps one 4-byte step counter per tensor
 
 
-def count_parameters(cfg: modeling.Config, num_labels: int = 3, adapter: int | None = None,
+def count_parameters(cfg: model.Config, num_labels: int = 3, bottleneck: int | None = None,
                      placement: str = "houlsby", freeze_layernorm: bool = False,
-                     lora: adapters.LoRAConfig | None = None) -> ParamCount:
+                     lora: adapter.LoRAConfig | None = None) -> ParamCount:
     """Closed form of `Classifier(cfg, num_labels)` (+ `adapter.add_adapters` or `adapter.add_lora`);
     tests check it exactly."""
     C, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
@@ -187,10 +187,10 @@ def count_parameters(cfg: modeling.Config, num_labels: int = 3, adapter: int | N
     if lora is not None:  # A (r x C) and B (C x r) per target and layer; the head; LayerNorms frozen
         n_lora = L * len(lora.targets)
         return ParamCount(total + n_lora * 2 * C * lora.r, n_lora * 2 * C * lora.r + head, 2 * n_lora + 4)
-    if adapter is None:
+    if bottleneck is None:
         return ParamCount(total, total, 3 + 8 * L + 2 * n_ln + 4)  # embeddings, Linears, LayerNorms, head
     n_adapters = L * (2 if placement == "houlsby" else 1)
-    adapters = n_adapters * (2 * C * adapter + adapter + C)  # down, up with biases
+    adapters = n_adapters * (2 * C * bottleneck + bottleneck + C)  # down, up with biases
     trainable = adapters + head + (0 if freeze_layernorm else n_ln * ln)
     tensors = 4 * n_adapters + 4 + (0 if freeze_layernorm else 2 * n_ln)
     return ParamCount(total + adapters, trainable, tensors)
@@ -203,16 +203,16 @@ def count_parameters(cfg: modeling.Config, num_labels: int = 3, adapter: int | N
 class _Shape:
     """Sizes and byte widths one training forward needs; N = B * T tokens."""
 
-    cfg: modeling.Config
+    cfg: model.Config
     B: int
     T: int
     num_labels: int
     prec: Precision
-    adapter: int | None
+    bottleneck: int | None
     placement: str
     attention: str
     device: str
-    lora: adapters.LoRAConfig | None = None
+    lora: adapter.LoRAConfig | None = None
 
     @property
     def N(self) -> int:
@@ -248,7 +248,7 @@ def _attention_saved(x: _Shape) -> int:
 
 def _adapter_saved(x: _Shape, saved: Counter, live: bool) -> int:
     """One Houlsby adapter, x + up(gelu(down(x))); returns the Linear weight elements kept."""
-    C, b, s = x.cfg.hidden_size, x.adapter, x.prec.compute_bytes
+    C, b, s = x.cfg.hidden_size, x.bottleneck, x.prec.compute_bytes
     saved["adapters"] += x.N * C * s + 2 * x.N * b * s  # down's input, GELU's input, up's input
     return 2 * C * b if live else C * b  # down's weight is needed only if its input wants a gradient
 
@@ -275,7 +275,7 @@ def _layer_saved(x: _Shape, live: bool) -> tuple[Counter, int]:
     """
     c, N, s, r = x.cfg, x.N, x.prec.compute_bytes, x.prec.residual_bytes
     C, F = c.hidden_size, c.intermediate_size
-    full, dropout = x.adapter is None and x.lora is None, c.hidden_dropout_prob > 0
+    full, dropout = x.bottleneck is None and x.lora is None, c.hidden_dropout_prob > 0
     saved, w = Counter(), 0
     layernorm = N * C * r + 2 * N * x.stat_bytes  # input, mean and rstd (B, T, 1)
     if x.lora is not None:  # the LoRA's A and B want gradients: from here on autograd records the layer
@@ -292,7 +292,7 @@ def _layer_saved(x: _Shape, live: bool) -> tuple[Counter, int]:
             saved["linear inputs"] += N * C * s  # attention.output.dense reads a (B, T, C) copy of SDPA's output
         w += 3 * C * C + C * C
         saved["dropout masks"] += N * C * x.mask(s) if dropout else 0
-    if x.adapter and x.placement == "houlsby":
+    if x.bottleneck and x.placement == "houlsby":
         w += _adapter_saved(x, saved, live)
         live = True
     if live:
@@ -301,7 +301,7 @@ def _layer_saved(x: _Shape, live: bool) -> tuple[Counter, int]:
         saved["gelu"] += N * F * s
         w += 2 * C * F
         saved["dropout masks"] += N * C * x.mask(s) if dropout else 0
-    if x.adapter:
+    if x.bottleneck:
         w += _adapter_saved(x, saved, live)
     saved["layernorm"] += layernorm
     return saved, w
@@ -329,7 +329,7 @@ def _head_saved(x: _Shape) -> tuple[Counter, int]:
 def _encoder_saved(x: _Shape, freeze_layernorm: bool, checkpointing: bool) -> tuple[Counter, int, dict]:
     """(activation bytes by kind, Linear weight elements kept, candidate transient buffers)."""
     c, N, s, r = x.cfg, x.N, x.prec.compute_bytes, x.prec.residual_bytes
-    full = x.adapter is None and x.lora is None
+    full = x.bottleneck is None and x.lora is None
     saved = Counter()
     if full:  # embedding backward keeps the indices: word and token-type ids (int64), RoBERTa's int32
         saved["indices"] += 2 * N * 8 + (N * 4 if c.roberta else x.T * 8)  # positions, BERT's arange(T) expanded
@@ -362,11 +362,11 @@ def _encoder_saved(x: _Shape, freeze_layernorm: bool, checkpointing: bool) -> tu
 # --------------------------------------------------------------------------- estimate
 
 
-def estimate(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_labels: int = 3,
-             precision: str = "bf16", optimizer: str = "adamw", adapter: int | None = None,
+def estimate(cfg: model.Config | str, batch_size: int, seq_len: int, *, num_labels: int = 3,
+             precision: str = "bf16", optimizer: str = "adamw", bottleneck: int | None = None,
              placement: str = "houlsby", freeze_layernorm: bool = False, checkpointing: bool = False,
              attention: str | None = None, device: str = "cuda", params: float | None = None,
-             lora: adapters.LoRAConfig | None = None) -> Breakdown:
+             lora: adapter.LoRAConfig | None = None) -> Breakdown:
     """Memory of one training step, in bytes, by kind.
 
     `cfg`: a model.Config, or a local directory / Hub id / alias whose config.json to read.
@@ -378,15 +378,15 @@ def estimate(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_l
     """
     if isinstance(cfg, str):
         cfg = load_config(cfg)
-    _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement, lora)
+    _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, bottleneck, placement, lora)
     _choice("device", device, DEVICES)
     if attention is None:  # what PyTorch picks in training: CPU runs its flash kernel only without dropout
         no_dropout = cfg.attention_probs_dropout_prob == 0
         attention = "flash" if device == "cuda" or (device == "cpu" and no_dropout) else "math"
     _choice("attention", attention, ATTENTION)
     prec = PRECISIONS[precision]
-    x = _Shape(cfg, batch_size, seq_len, num_labels, prec, adapter, placement, attention, device, lora)
-    count = count_parameters(cfg, num_labels, adapter, placement, freeze_layernorm, lora)
+    x = _Shape(cfg, batch_size, seq_len, num_labels, prec, bottleneck, placement, attention, device, lora)
+    count = count_parameters(cfg, num_labels, bottleneck, placement, freeze_layernorm, lora)
     saved, linear_weights, transients = _encoder_saved(x, freeze_layernorm, checkpointing)
     if params is not None:
         _positive(params=round(params))
@@ -394,7 +394,7 @@ def estimate(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_l
         if abs(extra) > 0.1 * params:  # the activations come from cfg: it must be a model of about that size
             raise UsageError(f"the shape has {count.total:.3g} parameters, more than 10% away from "
                              f"params={params:.3g}; choose layers/hidden near it (generic_config solves the layers)")
-        count = ParamCount(count.total + extra, count.trainable + (extra if adapter is None and lora is None else 0),
+        count = ParamCount(count.total + extra, count.trainable + (extra if bottleneck is None and lora is None else 0),
                            count.trainable_tensors)
         linear_weights += 0 if checkpointing else extra
     amp = prec.autocast is not None
@@ -462,23 +462,23 @@ class _CastLog(TorchDispatchMode):
         return out
 
 
-def _build(cfg, num_labels, prec, adapter, placement, freeze_layernorm, checkpointing, device, lora) -> nn.Module:
+def _build(cfg, num_labels, prec, bottleneck, placement, freeze_layernorm, checkpointing, device, lora) -> nn.Module:
     with device:
-        net = modeling.Classifier(cfg, num_labels)
+        net = model.Classifier(cfg, num_labels)
     if prec.param_bytes == 2:
         net.to(torch.bfloat16)
-    if adapter:
-        adapters.add_adapters(net, adapter, placement, freeze_layernorm, verbose=False)
+    if bottleneck:
+        adapter.add_adapters(net, bottleneck, placement, freeze_layernorm, verbose=False)
     if lora is not None:
-        adapters.add_lora(net, lora.r, lora.alpha, lora.dropout, lora.targets, verbose=False)
+        adapter.add_lora(net, lora.r, lora.alpha, lora.dropout, lora.targets, verbose=False)
     net.encoder.gradient_checkpointing = checkpointing  # train.py's --gradient-checkpointing, the same code
     return net.train()
 
 
-def measure(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_labels: int = 3,
-            precision: str = "fp32", optimizer: str = "adamw", adapter: int | None = None,
+def measure(cfg: model.Config | str, batch_size: int, seq_len: int, *, num_labels: int = 3,
+            precision: str = "fp32", optimizer: str = "adamw", bottleneck: int | None = None,
             placement: str = "houlsby", freeze_layernorm: bool = False, checkpointing: bool = False,
-            device: str = "meta", step: bool = True, lora: adapters.LoRAConfig | None = None) -> Breakdown:
+            device: str = "meta", step: bool = True, lora: adapter.LoRAConfig | None = None) -> Breakdown:
     """One real training step on `device`; the same fields as `estimate`, counted from real objects.
 
     activations: storages saved for backward that are not parameters (each counted once).
@@ -490,12 +490,12 @@ def measure(cfg: modeling.Config | str, batch_size: int, seq_len: int, *, num_la
     """
     if isinstance(cfg, str):
         cfg = load_config(cfg)
-    _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, adapter, placement, lora)
+    _check(cfg, batch_size, seq_len, num_labels, precision, optimizer, bottleneck, placement, lora)
     prec, dev = PRECISIONS[precision], torch.device(device)
     if prec.autocast is not None and dev.type == "meta":
         raise UsageError(f"{precision} cannot be measured on the meta device (autocast has no meta backend); "
                          "use device='cpu' with a small config, or 'cuda'")
-    net = _build(cfg, num_labels, prec, adapter, placement, freeze_layernorm, checkpointing, dev, lora)
+    net = _build(cfg, num_labels, prec, bottleneck, placement, freeze_layernorm, checkpointing, dev, lora)
     params = list(net.parameters())
     ids = torch.randint(cfg.pad_token_id + 1, cfg.vocab_size, (batch_size, seq_len), device=dev)  # no padding
     labels = torch.randint(0, num_labels, (batch_size,), device=dev)
@@ -605,12 +605,12 @@ def _settings(args) -> str:
             f"{args.attention or 'flash'} attention" + (", activation checkpointing" if args.gradient_checkpointing else ""))
 
 
-def _full_and_adapters(cfg: modeling.Config, args, params: float | None = None) -> tuple[Breakdown, Breakdown]:
+def _full_and_adapters(cfg: model.Config, args, params: float | None = None) -> tuple[Breakdown, Breakdown]:
     kw = dict(num_labels=args.num_labels, precision=args.precision, optimizer=args.optimizer,
               checkpointing=args.gradient_checkpointing, attention=args.attention, params=params)
     b = micro_batch(args.batch_size, args.max_length, args.max_tokens)
     return (estimate(cfg, b, args.max_length, **kw),
-            estimate(cfg, b, args.max_length, adapter=args.bottleneck, placement=args.adapter_placement,
+            estimate(cfg, b, args.max_length, bottleneck=args.bottleneck, placement=args.adapter_placement,
                      freeze_layernorm=args.freeze_layernorm, **kw))
 
 
@@ -690,13 +690,13 @@ def compare_full_vs_adapters(args) -> str:
         f"  device overhead: {OVERHEAD_NOTE}"])
 
 
-def method_breakdowns(cfg: modeling.Config, batch_size: int, seq_len: int, bottleneck: int = 64,
-                      lora: adapters.LoRAConfig | None = None, **kw) -> dict[str, Breakdown]:
+def method_breakdowns(cfg: model.Config, batch_size: int, seq_len: int, bottleneck: int = 64,
+                      lora: adapter.LoRAConfig | None = None, **kw) -> dict[str, Breakdown]:
     """`estimate` for full fine-tuning, Houlsby and Pfeiffer adapters and LoRA, each without and with
     activation checkpointing; keys like "lora r8" and "lora r8 + checkpointing". `kw` goes to estimate."""
-    lora = lora or adapters.LoRAConfig()
-    methods = {"full": {}, f"houlsby-{bottleneck}": {"adapter": bottleneck},
-               f"pfeiffer-{bottleneck}": {"adapter": bottleneck, "placement": "pfeiffer"}, f"lora r{lora.r}": {"lora": lora}}
+    lora = lora or adapter.LoRAConfig()
+    methods = {"full": {}, f"houlsby-{bottleneck}": {"bottleneck": bottleneck},
+               f"pfeiffer-{bottleneck}": {"bottleneck": bottleneck, "placement": "pfeiffer"}, f"lora r{lora.r}": {"lora": lora}}
     return {name + (" + checkpointing" if ckpt else ""): estimate(cfg, batch_size, seq_len, checkpointing=ckpt, **m, **kw)
             for ckpt in (False, True) for name, m in methods.items()}
 
@@ -704,7 +704,7 @@ def method_breakdowns(cfg: modeling.Config, batch_size: int, seq_len: int, bottl
 def compare_methods(args) -> str:
     """`--methods`: every method side by side, with and without activation checkpointing, and what the
     report's PEFT answer leaves out."""
-    lora = adapters.LoRAConfig(r=args.lora_r)
+    lora = adapter.LoRAConfig(r=args.lora_r)
     if args.params is not None:
         cfg = generic_config(args.params, args.hidden, args.layers, args.heads, args.vocab, args.ffn,
                              max(512, args.max_length))
@@ -753,7 +753,7 @@ def main(argv: list[str] | None = None) -> None:
                    "column is always shown")
     p.add_argument("--bottleneck", type=int, default=64, metavar="N",
                    help="bottleneck of the adapters to compare with (default: %(default)s)")
-    p.add_argument("--adapter-placement", default="houlsby", choices=adapters.PLACEMENTS,
+    p.add_argument("--adapter-placement", default="houlsby", choices=adapter.PLACEMENTS,
                    help="houlsby: after attention and FFN; pfeiffer: after FFN only (default: %(default)s)")
     p.add_argument("--placement", action=Renamed, new="--adapter-placement")
     p.add_argument("--freeze-layernorm", action="store_true", help="adapters with frozen LayerNorms")

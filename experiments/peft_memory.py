@@ -36,7 +36,7 @@ def predicted(config: dict) -> memory.Breakdown:
     device = "cpu" if str(config["device"]).startswith("cpu") else "cuda"
     return memory.estimate(config["model"], config["micro_batch_size"], config["max_length"],
                            num_labels=len(config["labels"]), precision=PRECISION[config["autocast_dtype"]],
-                           adapter=config["bottleneck"] if config["adapter"] else None,
+                           bottleneck=config["bottleneck"] if config["adapter"] else None,
                            placement=config.get("adapter_placement") or "houlsby",
                            freeze_layernorm=config["freeze_layernorm"], lora=lora,
                            checkpointing=config.get("gradient_checkpointing", False), device=device)

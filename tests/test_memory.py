@@ -38,13 +38,13 @@ def both(cfg, batch, length, device, step=True, **kw):
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
-@pytest.mark.parametrize("settings", [{}, {"adapter": 16}, {"adapter": 8, "placement": "pfeiffer"},
-                                      {"adapter": 8, "freeze_layernorm": True}])
+@pytest.mark.parametrize("settings", [{}, {"bottleneck": 16}, {"bottleneck": 8, "placement": "pfeiffer"},
+                                      {"bottleneck": 8, "freeze_layernorm": True}])
 def test_count_parameters_is_the_real_model(kind, settings):
     with torch.device("meta"):
         net = model.Classifier(TINY[kind], 3)
     if settings:
-        adapter.add_adapters(net, settings["adapter"], settings.get("placement", "houlsby"),
+        adapter.add_adapters(net, settings["bottleneck"], settings.get("placement", "houlsby"),
                              settings.get("freeze_layernorm", False), verbose=False)
     trainable = [p for p in net.parameters() if p.requires_grad]
     count = memory.count_parameters(TINY[kind], 3, **settings)
@@ -56,7 +56,7 @@ def test_count_parameters_is_the_real_model(kind, settings):
 @pytest.mark.parametrize("precision,optimizer", [("fp32", "adamw"), ("pure-bf16", "sgd")])
 @pytest.mark.parametrize("bottleneck", [None, 64])
 def test_state_terms_equal_the_real_objects_after_a_step(precision, optimizer, bottleneck):
-    est, real = both(ROBERTA_BASE, 2, 16, "meta", precision=precision, optimizer=optimizer, adapter=bottleneck)
+    est, real = both(ROBERTA_BASE, 2, 16, "meta", precision=precision, optimizer=optimizer, bottleneck=bottleneck)
     assert real.gradients > 0 and real.optimizer > 0  # the step really ran and made state
     for name in STATE:
         assert getattr(est, name) == getattr(real, name), name
@@ -67,7 +67,7 @@ def test_state_terms_equal_the_real_objects_after_a_step(precision, optimizer, b
 @pytest.mark.parametrize("bottleneck", [None, 8])
 def test_amp_weight_copies_and_states_exact(kind, precision, bottleneck):
     """Under autocast the saved 16-bit weight copies are the `weights` line, fp32 params the master."""
-    est, real = both(TINY[kind], 3, 17, "cpu", precision=precision, adapter=bottleneck)
+    est, real = both(TINY[kind], 3, 17, "cpu", precision=precision, bottleneck=bottleneck)
     assert real.weights > 0 and real.master_weights == 4 * real.params
     for name in STATE:
         assert getattr(est, name) == getattr(real, name), name
@@ -86,13 +86,13 @@ def test_amp_costs_16_bytes_per_parameter_before_activations():
 @pytest.mark.parametrize("batch,length", [(8, 128), (32, 64), (2, 512)])
 @pytest.mark.parametrize("bottleneck", [None, 64])
 def test_activations_match_what_autograd_saves(cfg, batch, length, bottleneck):
-    est, real = both(cfg, batch, length, "meta", step=False, precision="fp32", adapter=bottleneck)
+    est, real = both(cfg, batch, length, "meta", step=False, precision="fp32", bottleneck=bottleneck)
     assert real.activations / est.activations == pytest.approx(1, abs=0.05)
 
 
 @pytest.mark.parametrize("settings", [{"precision": "pure-bf16"}, {"checkpointing": True},
-                                      {"adapter": 64, "checkpointing": True},
-                                      {"adapter": 32, "placement": "pfeiffer", "freeze_layernorm": True}])
+                                      {"bottleneck": 64, "checkpointing": True},
+                                      {"bottleneck": 32, "placement": "pfeiffer", "freeze_layernorm": True}])
 def test_activations_match_in_other_settings(settings):
     est, real = both(ROBERTA_BASE, 4, 128, "meta", step=False, **{"precision": "fp32", **settings})
     assert real.activations / est.activations == pytest.approx(1, abs=0.05)
@@ -100,7 +100,7 @@ def test_activations_match_in_other_settings(settings):
 
 def test_adapters_and_checkpointing_shrink_activations():
     full = memory.estimate(ROBERTA_BASE, 64, 128)
-    assert memory.estimate(ROBERTA_BASE, 64, 128, adapter=64).activations < 0.9 * full.activations
+    assert memory.estimate(ROBERTA_BASE, 64, 128, bottleneck=64).activations < 0.9 * full.activations
     assert memory.estimate(ROBERTA_BASE, 64, 128, checkpointing=True).activations < 0.2 * full.activations
 
 
@@ -131,7 +131,7 @@ def test_report_numbers_under_its_own_assumptions():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"batch_size": 0}, "batch_size"), ({"batch_size": -4}, "batch_size"), ({"seq_len": 0}, "seq_len"),
-    ({"adapter": 0}, "adapter"), ({"adapter": -64}, "adapter"), ({"seq_len": 600}, "position table"),
+    ({"bottleneck": 0}, "bottleneck"), ({"bottleneck": -64}, "bottleneck"), ({"seq_len": 600}, "position table"),
     ({"precision": "amp-fp16"}, "fp16"), ({"optimizer": "adam"}, "adamw"), ({"attention": "xformers"}, "flash"),
     ({"device": "tpu"}, "cuda"), ({"num_labels": 1}, "num_labels"), ({"params": -1}, "params"),
 ])
@@ -201,7 +201,7 @@ def test_cli_takes_train_py_adapter_flags_and_old_spellings_are_one_line_errors(
         with pytest.raises(SystemExit) as e:
             memory.main([*base, *old])
         assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f": error: {says}")
-    peft = memory.estimate(model.load_config(minilm_dir), 64, 128, adapter=32, placement="pfeiffer")
+    peft = memory.estimate(model.load_config(minilm_dir), 64, 128, bottleneck=32, placement="pfeiffer")
     (trainable,) = [line.split() for line in new.out.splitlines() if line.startswith("  trainable parameters")]
     assert trainable[3] == f"{peft.trainable / 1e6:.2f}M"  # the placement reached estimate
     assert _cli(capsys, [*base, "--bottleneck", "32"]).out != new.out  # houlsby, the default, is another table
@@ -242,7 +242,7 @@ def test_every_cli_offers_the_placements_adapter_py_defines(capsys, monkeypatch)
         assert set(re.findall(r"--adapter-placement \{([\w,-]+)\}", capsys.readouterr().out)) == {
             ",".join(adapter.PLACEMENTS)}, parse
     for placement in adapter.PLACEMENTS:
-        assert memory.estimate(ROBERTA_BASE, 8, 128, adapter=8, placement=placement).trainable > 0
+        assert memory.estimate(ROBERTA_BASE, 8, 128, bottleneck=8, placement=placement).trainable > 0
 
 
 # --------------------------------------------------------------------------- memory.py's wording
@@ -258,7 +258,7 @@ def test_memory_output_reads_like_the_report(capsys, minilm_dir):
     assert "-0.00 " not in out + " "
     cfg = model.load_config(minilm_dir)
     full = memory.estimate(cfg, 64, 128, precision="bf16")
-    peft = memory.estimate(cfg, 64, 128, precision="bf16", adapter=64)
+    peft = memory.estimate(cfg, 64, 128, precision="bf16", bottleneck=64)
     (weights_row,) = [line for line in out.splitlines() if line.lstrip().startswith("weights")]
     saving = float(weights_row.split()[-1])
     assert saving < 0 and saving == pytest.approx((full.weights - peft.weights) / 1e9, abs=5e-4)

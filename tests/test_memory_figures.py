@@ -34,7 +34,7 @@ FIELDS = ("weights", "master_weights", "gradients", "optimizer", "activations", 
 
 SETTINGS = [dict(precision=p, optimizer=o, checkpointing=c, **a)
             for p in memory.PRECISIONS for o in memory.OPTIMIZERS for c in (False, True)
-            for a in ({}, {"adapter": 64}, {"adapter": 16, "placement": "pfeiffer", "freeze_layernorm": True})]
+            for a in ({}, {"bottleneck": 64}, {"bottleneck": 16, "placement": "pfeiffer", "freeze_layernorm": True})]
 
 
 @pytest.mark.parametrize("device", ["cuda", "cpu"])
@@ -49,7 +49,7 @@ def test_estimate_total_is_the_sum_of_its_lines(device):
 
 
 def test_measure_total_is_the_sum_of_its_lines():
-    for settings in ({}, {"adapter": 16}, {"optimizer": "sgd", "precision": "pure-bf16"}):
+    for settings in ({}, {"bottleneck": 16}, {"optimizer": "sgd", "precision": "pure-bf16"}):
         b = memory.measure(SMALL, 2, 16, **{"precision": "fp32", **settings})
         assert min(b.weights, b.gradients, b.optimizer, b.activations) > 0, settings
         assert b.total == sum(getattr(b, f) for f in FIELDS), settings
@@ -102,13 +102,13 @@ def test_flash_path_equals_what_autograd_saves(kind, precision, bottleneck):
     path derives (q, k, v, the output, the mask, the logsumexp): byte for byte."""
     cfg = model.Config(model_type=kind, hidden_dropout_prob=0.1, **_SMALL,
                        **(dict(type_vocab_size=1, pad_token_id=1) if kind == "roberta" else {}))
-    est = memory.estimate(cfg, 3, 17, device="cpu", precision=precision, adapter=bottleneck)
+    est = memory.estimate(cfg, 3, 17, device="cpu", precision=precision, bottleneck=bottleneck)
     with _Ops() as ops:
-        real = memory.measure(cfg, 3, 17, device="cpu", precision=precision, adapter=bottleneck)
+        real = memory.measure(cfg, 3, 17, device="cpu", precision=precision, bottleneck=bottleneck)
     assert any("flash_attention" in n for n in ops.names), "the measured step did not run the flash kernel"
     assert est.terms["attention"] > 0
     assert real.activations == est.activations
-    flash = memory.estimate(cfg, 3, 17, device="cpu", precision=precision, adapter=bottleneck, attention="flash")
+    flash = memory.estimate(cfg, 3, 17, device="cpu", precision=precision, bottleneck=bottleneck, attention="flash")
     assert flash.activations == est.activations  # the same path, asked for by name
 
 
@@ -171,7 +171,7 @@ def test_docs_prose_figures(capsys):
     assert float(params) == float(f"{memory.count_parameters(cfg).total:.3g}")
     kw = dict(precision="bf16", optimizer="adamw", params=3e9)
     f = memory.estimate(cfg, int(batch), int(length), **kw)
-    a = memory.estimate(cfg, int(batch), int(length), adapter=64, **kw)
+    a = memory.estimate(cfg, int(batch), int(length), bottleneck=64, **kw)
     _same(full_gb, f.total / gb)
     _same(adapters_gb, a.total / gb)
     _same(saving, 100 * (f.total - a.total) / f.total)

@@ -17,7 +17,7 @@ from test_memory import ROBERTA_BASE, TINY
 STATE = ("weights", "master_weights", "gradients", "optimizer")
 # roberta-base's layer, three of them: the first layer (whose input may want no gradient) and two after it
 SHORT = dataclasses.replace(ROBERTA_BASE, num_hidden_layers=3)
-METHODS = {"full": {}, "houlsby": {"adapter": 64}, "pfeiffer": {"adapter": 64, "placement": "pfeiffer"},
+METHODS = {"full": {}, "houlsby": {"bottleneck": 64}, "pfeiffer": {"bottleneck": 64, "placement": "pfeiffer"},
            "lora": {"lora": adapter.LoRAConfig()}, "lora-qkv-no-dropout": {"lora": adapter.LoRAConfig(
                r=4, dropout=0.0, targets=("query", "key", "value"))}}
 
@@ -58,7 +58,7 @@ def test_lora_under_amp_on_cpu(lora):
 
 def test_adapter_and_lora_together_is_refused():
     with pytest.raises(memory.UsageError, match="two methods"):
-        memory.estimate(ROBERTA_BASE, 2, 64, adapter=64, lora=adapter.LoRAConfig())
+        memory.estimate(ROBERTA_BASE, 2, 64, bottleneck=64, lora=adapter.LoRAConfig())
 
 
 def test_methods_table_and_what_peft_leaves_out(capsys):
