@@ -44,6 +44,22 @@ class Renamed(argparse.Action):
         raise UsageError(f"{option_string} is now {self.new}")
 
 
+def run_cli(main, argv: list[str] | None, script: str) -> int:
+    """`main(argv)` as a command (eval.py, report.py): a UsageError or a missing file is one line on stderr and
+    exit code 2; any other error (a ValueError of ours or torch's included) is a bug and keeps its traceback.
+    A reader that left (`report.py summarize runs/ | head`) is not an error."""
+    import sys
+    try:
+        main(argv)
+    except (UsageError, FileNotFoundError) as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        sys.stdout = None  # nothing more to flush at exit (that would raise again)
+        return 0
+    return 0
+
+
 def env_true(name: str) -> bool:
     """Whether the environment variable `name` is switched on ("1", "ON", "YES", "TRUE", any case), as
     huggingface_hub reads its own switches such as HF_HUB_OFFLINE."""

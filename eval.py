@@ -40,6 +40,7 @@ from common import (
     autocast_dtype,
     distributed,
     print0,
+    run_cli,
 )
 
 
@@ -308,17 +309,28 @@ def predict_command(args) -> list[dict]:
 # ----------------------------------------------------------------------------- command line
 
 
+def model_flags(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help=f"a saved model: train.py --save's <run>/model {what}")
+    g.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
+                   "also where the tokenizer comes from")
+
+
+def device_flags(p: argparse.ArgumentParser, batch: str) -> None:
+    g = p.add_argument_group("precision and devices")
+    g.add_argument("--eval-batch-size", type=int, default=128, help=f"{batch} (default: %(default)s)")
+    g.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="as train.py's --precision (default: %(default)s)")
+    g.add_argument("--device", choices=("cpu", "cuda"))
+
+
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description="Score a saved model on a dataset split, or classify new texts.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("evaluate", help="score a saved model on a dataset split (torchrun works too)")
     p.add_argument("--checkpoint", action=Renamed, new="--model (a saved model folder, e.g. <run>/model)")
     p.add_argument("--batch-size", action=Renamed, new="--eval-batch-size (per rank)")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="a saved model: train.py --save's <run>/model (not the run "
-                   "folder itself), a transformers folder, or an adapter folder")
-    g.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
-                   "also where the tokenizer comes from")
+    model_flags(p, "(not the run folder itself), a transformers folder, or an adapter folder")
     g = p.add_argument_group("data")
     g.add_argument("--split", default="test", help="the split to score (default: %(default)s)")
     g.add_argument("--max-length", type=int, default=MAX_LENGTH,
@@ -327,20 +339,12 @@ def main(argv: list[str] | None = None):
     for name, (default, help_text, kwargs) in own_data.FLAGS.items():  # train.py's dataset flags, spelled alike
         (g if name in ("dataset", "data_dir") else own).add_argument(
             "--" + name.replace("_", "-"), default=default, help=help_text, **kwargs)
-    g = p.add_argument_group("precision and devices")
-    g.add_argument("--eval-batch-size", type=int, default=128, help="per-rank batch size (default: %(default)s)")
-    g.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="as train.py's --precision (default: %(default)s)")
-    g.add_argument("--device", choices=("cpu", "cuda"))
+    device_flags(p, "per-rank batch size")
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="also print the result as one JSON line")
 
     p = sub.add_parser("predict", help="classify new texts with a saved model: JSONL, one line per input row")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="a saved model: train.py --save's <run>/model (full, adapters or "
-                   "LoRA), or a transformers folder with a sequence-classification head")
-    g.add_argument("--base", help="for adapter folders: the base encoder, if not the one recorded in them; "
-                   "also where the tokenizer comes from")
+    model_flags(p, "(full, adapters or LoRA), or a transformers folder with a sequence-classification head")
     g = p.add_argument_group("input")
     g.add_argument("--input", required=True, help="a .csv, .tsv or .jsonl file (header row / fields), or - for "
                    "one text per line on standard input")
@@ -349,11 +353,7 @@ def main(argv: list[str] | None = None):
     g.add_argument("--id-column", default="id", help="copied into each output line when the file has it "
                    "(default: %(default)s)")
     g.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's limit)")
-    g = p.add_argument_group("precision and devices")
-    g.add_argument("--eval-batch-size", type=int, default=128, help="texts per batch (default: %(default)s)")
-    g.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="as train.py's --precision (default: %(default)s)")
-    g.add_argument("--device", choices=("cpu", "cuda"))
+    device_flags(p, "texts per batch")
     g = p.add_argument_group("output")
     g.add_argument("--output", help="write the JSONL here (atomically) instead of to standard output")
     args = parser.parse_args(argv)
@@ -364,17 +364,7 @@ def main(argv: list[str] | None = None):
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """main() as a command: a UsageError or a missing file is one line on stderr and exit code 2; any other
-    error (a ValueError of ours or torch's included) is a bug and keeps its traceback."""
-    try:
-        main(argv)
-    except (UsageError, FileNotFoundError) as e:
-        print(f"eval.py: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `eval.py summarize runs/ | head`: the reader left, which is not an error
-        sys.stdout = None  # nothing more to flush at exit (that would raise again)
-        return 0
-    return 0
+    return run_cli(main, argv, "eval.py")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import stats
-from common import UsageError
+from common import UsageError, run_cli
 
 METRICS = ("accuracy", "f1_macro", "f1_micro", "loss")
 
@@ -609,17 +609,7 @@ def main(argv: list[str] | None = None):
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """main() as a command: a UsageError or a missing file is one line on stderr and exit code 2; any other
-    error (a ValueError of ours or torch's included) is a bug and keeps its traceback."""
-    try:
-        main(argv)
-    except (UsageError, FileNotFoundError) as e:
-        print(f"report.py: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `report.py summarize runs/ | head`: the reader left, which is not an error
-        sys.stdout = None  # nothing more to flush at exit (that would raise again)
-        return 0
-    return 0
+    return run_cli(main, argv, "report.py")
 
 
 if __name__ == "__main__":

@@ -62,9 +62,9 @@ def test_default_budget_per_device():
     cfg = train.parse_args(["--dataset", "acl"])
     assert train.resolve(cfg, 1, torch.device("cpu")).max_tokens == data.CPU_MAX_TOKENS
     assert train.resolve(cfg, 1, torch.device("cuda", 0)).max_tokens == 0
-    assert train.resolve(train.parse_args(["--dataset", "acl", "--max-tokens", "0"]), 1).max_tokens == 0
+    assert train.resolve(train.parse_args(["--dataset", "acl", "--max-tokens", "0"]), 1, torch.device("cpu")).max_tokens == 0
     with pytest.raises(train.UsageError, match="--max-tokens"):
-        train.resolve(train.parse_args(["--dataset", "acl", "--max-tokens", "-1"]), 1)
+        train.resolve(train.parse_args(["--dataset", "acl", "--max-tokens", "-1"]), 1, torch.device("cpu"))
 
 
 def close(a, b):
@@ -121,7 +121,7 @@ def test_memory_predicts_the_micro_batch_of_a_budget(tmp_path, capsys):
     lengths = np.full(64, 256)
     assert len(data.shard_batch(np.arange(64), 0, 1, 64, lengths, 4096)[0]) == memory.micro_batch(64, 256, 4096)
     enc = write_tiny_encoder(tmp_path / "enc", dropout=0.1)
-    memory.main(["--model", str(enc), "--batch-size", "64", "--seq-len", "64", "--max-tokens", "1024"])
+    memory.main(["--model", str(enc), "--batch-size", "64", "--max-length", "64", "--max-tokens", "1024"])
     out = capsys.readouterr().out
     assert "batch 64 (micro-batch 16 under --max-tokens 1024)" in out
     want = memory.estimate(model.load_config(enc), 16, 64).activations

@@ -23,8 +23,8 @@ def test_usage_error_is_a_value_error():
 
 
 @pytest.mark.parametrize("call", [
-    lambda: train.resolve(train.parse_args(["--dataset", "acl", "--seeds", "1", "1"]), 1),
-    lambda: train.resolve(train.parse_args(["--dataset", "acl", "--bottleneck", "8"]), 1),
+    lambda: train.resolve(train.parse_args(["--dataset", "acl", "--seeds", "1", "1"]), 1, torch.device("cpu")),
+    lambda: train.resolve(train.parse_args(["--dataset", "acl", "--bottleneck", "8"]), 1, torch.device("cpu")),
     lambda: own_data.open_dataset("no-such-dataset"),
     lambda: report._check_metric("loss"),
     lambda: memory._positive(batch_size=0),
