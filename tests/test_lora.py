@@ -248,3 +248,17 @@ def test_train_flags(setup, tmp_path, capsys):
     saved = tmp_path / "acl" / f"{setup['bert'].name}-lora" / "seed1" / "model"
     assert (saved / "model.safetensors").is_file() and not (saved / "adapter_config.json").exists()
     assert not adapter.has_lora(model.from_pretrained(saved))
+
+
+def test_lora_dropout_acts_on_the_input_before_a():
+    """dropout(x) goes into A (Hu et al.; PEFT's order), not A's output: A's input is x with about p of its
+    elements zeroed and the rest scaled by 1/(1-p)."""
+    torch.manual_seed(0)
+    lora = adapter.LoRA(16, 16, r=4, alpha=8, dropout=0.5).train()
+    seen = []
+    lora.lora_A.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    x = torch.rand(4, 32, 16) + 1.0  # no zeros of its own
+    lora(x)
+    kept = seen[0] != 0
+    assert seen[0].shape == x.shape and 0.4 < kept.float().mean().item() < 0.6
+    torch.testing.assert_close(seen[0][kept], 2 * x[kept])

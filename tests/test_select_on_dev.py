@@ -33,17 +33,20 @@ def args(task, out, *extra, epochs=3):
             "--epochs", str(epochs), "--lr", "1e-2", "--batch-size", "16", "--max-length", "64", *extra]
 
 
-def seed_dir(out):
-    return out / "acl" / "enc" / "seed1"
+def seed_dir(out, method=""):
+    return out / "acl" / f"enc{method}" / "seed1"
 
 
-def evals(out, split):
-    return [r for r in map(json.loads, (seed_dir(out) / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+def evals(out, split, method=""):
+    lines = (seed_dir(out, method) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
-def test_selects_the_best_dev_epoch_and_saves_its_weights(task, tmp_path):
-    (result,) = train.main(args(task, tmp_path, "--select-on", "dev", "--save", epochs=6))
-    dev, test = evals(tmp_path, "dev"), evals(tmp_path, "test")
+@pytest.mark.parametrize("method,flags", [("", ()), ("-lora", ("--lora", "--lora-dropout", "0", "--lr", "3e-2"))])
+def test_selects_the_best_dev_epoch_and_saves_its_weights(task, tmp_path, method, flags):
+    """Full fine-tuning, and LoRA (whose --save writes PEFT's layout after the selected weights are back)."""
+    (result,) = train.main(args(task, tmp_path, "--select-on", "dev", "--save", *flags, epochs=6))
+    dev, test = evals(tmp_path, "dev", method), evals(tmp_path, "test", method)
     scores = [r["f1_macro"] for r in dev]
     best = int(np.argmax(scores)) + 1  # the first epoch with the best score
     assert result["selection"] == {"rule": "dev", "metric": "f1_macro", "epoch": best}
@@ -52,7 +55,7 @@ def test_selects_the_best_dev_epoch_and_saves_its_weights(task, tmp_path):
         assert result["last_epoch"]["test"][k] == test[-1][k]
     # the saved model is that epoch's: its test predictions give that epoch's test accuracy and loss
     rows = [json.loads(line) for line in (task["data"] / "acl" / "test.jsonl").read_text().splitlines()]
-    net, tok = evaluation.load_model(seed_dir(tmp_path) / "model")
+    net, tok = evaluation.load_model(seed_dir(tmp_path, method) / "model")
     probs = evaluation.predict(net, tok, [r["text"] for r in rows], max_length=64)
     truth = torch.tensor([result["labels"].index(r["label"]) for r in rows])
     assert (probs.argmax(-1) == truth).double().mean().item() == pytest.approx(test[best - 1]["accuracy"])
