@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -785,7 +786,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(compare_with_report(args) if args.params is not None else compare_full_vs_adapters(args))
     except (UsageError, FileNotFoundError) as e:  # a ValueError of ours or torch's is a bug: its traceback stays
-        p.error(str(e))
+        print(f"memory.py: error: {e}", file=sys.stderr)  # one line, as train.py and eval.py
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -444,7 +444,8 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = No
     if num_labels is None:
         num_labels = head_labels
         if num_labels is None:
-            raise UsageError(f"{src} has no classification head: pass num_labels")
+            raise UsageError(f"{src} has no classification head (a pretrained encoder, not a fine-tuned model): "
+                             "give a saved model, e.g. train.py --save's <run>/model, or pass num_labels to add one")
     if num_labels < 2:
         raise UsageError(f"num_labels must be at least 2, got {num_labels}")
     if head_labels is not None and head_labels != num_labels:

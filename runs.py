@@ -216,6 +216,21 @@ def selection_rule(result: dict) -> str:
     return "last" if selection["rule"] == "last" else f"best {selection['rule']} {selection['metric']}"
 
 
+def check_finished(run_dir: Path, cfg) -> None:
+    """A finished seed (result.json) is skipped, but only when it is the run this command asks for: one
+    finished with other settings, or without the saved model --save asks for, must not be skipped silently."""
+    check_same_rule(run_dir / "result.json", cfg)
+    saved = json.loads((run_dir / "config.json").read_text())
+    changed = [k for k in FIXED_ON_RESUME if k in saved and saved[k] != getattr(cfg, k)
+               and not (k == "labels" and cfg.labels is None)]  # config.json has the labels read, not the flag
+    again = "give this run its own folder (--out DIR or --model-name NAME), or delete that seed's folder"
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(cfg, k)})" for k in changed)
+        raise UsageError(f"{run_dir} holds a finished run with {was}: {again}")
+    if cfg.save and not (run_dir / "model").exists():
+        raise UsageError(f"{run_dir} holds a finished run without --save (no model/ folder): {again}")
+
+
 def check_same_rule(path: Path, cfg) -> None:
     """A finished seed is skipped; one that reports another epoch rule than this command asks for must not
     be skipped silently (its result.json would answer for the other rule)."""

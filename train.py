@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for seed in cfg.seeds:
             run_dir = Path(cfg.out) / cfg.dataset_name / runs.model_slug(cfg) / f"seed{seed}"
             if (run_dir / "result.json").exists():
-                runs.check_same_rule(run_dir / "result.json", cfg)
+                runs.check_finished(run_dir, cfg)
                 print0(f"seed {seed}: {run_dir}/result.json exists, skipping")
                 continue
             if stop := runs.agreed_stop_signal(world)[0]:  # the signal came after the last step of the seed before

@@ -206,6 +206,20 @@ def test_resume_refuses_other_settings(task, tmp_path, monkeypatch):
     assert result["epochs"] == 2 and not (seed_dir(tmp_path) / "checkpoint.pt").exists()
 
 
+def test_a_finished_seed_is_skipped_only_for_the_same_run(task, tmp_path, capsys):
+    """Rerunning into a finished run folder with other settings, or asking for --save where none was saved,
+    is a one-line error; the same command skips the seed (found by a new user: the new settings used to be
+    dropped without a word)."""
+    train.main(args(task, tmp_path, epochs=1))
+    with pytest.raises(common.UsageError, match=r"finished run with --max-length 64 \(now 48\): give this run"):
+        train.main([*args(task, tmp_path, epochs=1), "--max-length", "48"])
+    with pytest.raises(common.UsageError, match=r"finished run without --save \(no model/ folder\)"):
+        train.main([*args(task, tmp_path, epochs=1), "--save"])
+    capsys.readouterr()
+    assert train.main(args(task, tmp_path, epochs=1)) == []  # the same run: skipped
+    assert "result.json exists, skipping" in capsys.readouterr().out
+
+
 def test_seeds_repeat_and_finished_seeds_are_skipped(task, tmp_path, capsys, monkeypatch):
     # A finished seed's model and optimizer are freed before the next seed builds its own: on a GPU, seed 2
     # must not hold seed 1's weights and Adam state (the objects sit in reference cycles, see train.main).
