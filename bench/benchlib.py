@@ -64,3 +64,32 @@ def table(header: list[str], rows: list[list], align: str | None = None) -> str:
              "| " + " | ".join("---" if a == "l" else "---:" for a in align) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def matmul_peak_gflops(dtype, n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
+    """The machine's measured matmul throughput, GFLOP/s: the best of `reps` timed n x n @ n x n products in
+    `dtype` (after 2 untimed ones), 2 n^3 FLOPs each. This is the "peak" a model step's share is measured
+    against: what this machine's own BLAS reaches at a large square shape, not a vendor figure."""
+    import time
+
+    import torch
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def train_flops(batch_size: int, width: int, n_nonembed: int, layers: int, hidden: int) -> float:
+    """Model FLOPs of one training step (forward + backward) on a B x T batch, pads included: per position
+    6 x non-embedding parameters (matmuls: 2 forward, 4 backward) + 12 x layers x hidden x T (attention's
+    scores and weighted sum, forward and backward)."""
+    return batch_size * width * (6 * n_nonembed + 12 * layers * hidden * width)

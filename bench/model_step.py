@@ -20,6 +20,12 @@ ours is faster), plus the median of the per-batch ratios, which is robust to loa
 the run. The eval rows time a forward pass in eval mode under inference_mode.
 
     python bench/model_step.py --lengths 32 64 128 --batch-size 32 --repeats 20
+    python bench/model_step.py --lengths 32 --batch-size 32 --precision bf16 --peak   # + share of the matmul peak
+
+Our model draws its dropout masks as train.py does (`--dropout-masks auto`: fast on a CPU, see
+model.dropout); transformers' draws them with bernoulli_. `--peak` measures this machine's matmul
+throughput in the step's dtype (benchlib.matmul_peak_gflops: a 2048^3 product) and prints each
+step's model FLOPs per second (benchlib.train_flops, pads included) as a share of it.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchlib import machine, minilm_dir, table  # first: it puts the project on sys.path
+from benchlib import machine, matmul_peak_gflops, minilm_dir, table, train_flops  # first: it puts the project on sys.path
 
 # isort: split
 import common
@@ -160,6 +166,9 @@ def main():
                    help="fused: train.py's build_optimizer (= Trainer's adamw_torch_fused); both models get it")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: CPU autocast for both")
+    p.add_argument("--dropout-masks", choices=model.DROPOUT_MASKS, default="auto",
+                   help="our model's masks, as train.py's flag (auto: fast on a CPU); transformers' are torch's")
+    p.add_argument("--peak", action="store_true", help="also the train step's share of the measured matmul peak")
     p.add_argument("--json", default=None, help="also append the rows as JSON lines to this file")
     args = p.parse_args()
     if args.threads:
@@ -169,6 +178,8 @@ def main():
     ours, theirs = build_models(path, num_labels=3)
     vocab = ours.config.vocab_size
     max_diff = check_same_outputs(ours, theirs, vocab)
+    masks = model.dropout_masks(args.dropout_masks, torch.device("cpu"))
+    model.set_dropout_masks(ours, masks)
     autocast = common.autocast(torch.bfloat16 if args.precision == "bf16" else None, torch.device("cpu"))
     a = Trainee(ours, args.optimizer, args.lr, autocast)
     b = Trainee(theirs, args.optimizer, args.lr, autocast)
@@ -181,7 +192,7 @@ def main():
     print(f"- eval mode, same inputs: last hidden states agree to {max_diff:.2e} (asserted <= 1e-4), logits too")
     print(f"- optimizer for both: torch AdamW ({args.optimizer}); precision {args.precision}; "
           f"batch {args.batch_size}, lengths uniform in [L/2, L], {args.warmup} warm-up + {args.repeats} timed "
-          f"steps each, alternating\n")
+          f"steps each, alternating; our dropout masks: {masks}\n")
 
     rows, records = [], []
     gen = torch.Generator().manual_seed(0)
@@ -190,7 +201,7 @@ def main():
         real = statistics.fmean(float(x["attention_mask"].sum()) for x in batches) / args.batch_size
         step = summary(*alternate(a.train_step, b.train_step, batches, args.warmup))
         fwd = summary(*alternate(a.eval_forward, b.eval_forward, batches, args.warmup))
-        records.append({"length": L, "batch_size": args.batch_size, "mean_real_tokens": real,
+        records.append({"length": L, "batch_size": args.batch_size, "mean_real_tokens": real, "dropout_masks": masks,
                         "optimizer": args.optimizer, "precision": args.precision,
                         "threads": info["torch_threads"], "train_step": step, "eval_forward": fwd})
         rows.append([L, f"{real:.1f}", f"{step['ours_ms']:.1f}", f"{step['theirs_ms']:.1f}",
@@ -202,6 +213,18 @@ def main():
     print(table(["L", "mean tokens/row", "train step ours (ms)", "train step transformers (ms)",
                  "ratio (theirs/ours)", "paired ratio", "eval fwd ours (ms)", "eval fwd transformers (ms)",
                  "eval ratio"], rows))
+    if args.peak:
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        peak = matmul_peak_gflops(dtype)
+        cfg = ours.config
+        n_nonembed = sum(p.numel() for n, p in ours.named_parameters() if not n.startswith("embeddings."))
+        print(f"\nmeasured {args.precision} matmul peak (2048^3, best of 10): {peak:.0f} GFLOP/s")
+        for r in records:
+            flops = train_flops(args.batch_size, r["length"], n_nonembed, cfg.num_hidden_layers, cfg.hidden_size)
+            r["peak_gflops"], r["model_gflops_per_s"] = peak, flops / r["train_step"]["ours_ms"] / 1e6
+            r["share_of_peak"] = r["model_gflops_per_s"] / peak
+            print(f"L={r['length']}: our step {r['model_gflops_per_s']:.0f} GFLOP/s = {100 * r['share_of_peak']:.0f}% "
+                  f"of the peak (transformers' {flops / r['train_step']['theirs_ms'] / 1e6 / peak:.0%})")
     if args.json:
         with open(args.json, "a") as f:
             f.writelines(json.dumps({**r, "machine": info}) + "\n" for r in records)
