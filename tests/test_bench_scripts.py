@@ -57,5 +57,5 @@ def test_gpu_bench_batches_keep_the_token_budget():
             lens = m["attention_mask"].sum(1)
             assert int(lens.max()) > width - 8  # padded to its own longest, not the batch's
         key = lambda ids, mask: sorted(tuple(r[:int(n)].tolist()) for r, n in zip(ids, mask.sum(1)))  # noqa: E731
-        got = sum((key(m["input_ids"], m["attention_mask"]) for m in micro), [])
+        got = [row for m in micro for row in key(m["input_ids"], m["attention_mask"])]
         assert sorted(got) == key(whole[0]["input_ids"], whole[0]["attention_mask"])
