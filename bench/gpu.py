@@ -123,7 +123,7 @@ def predicted_peak(cfg_dict: dict, batches: list[list[dict]], mode: str) -> int:
     cfg = model.Config(**cfg_dict)
     shapes = {tuple(m["input_ids"].shape) for b in batches for m in b}
     return max(memory.estimate(cfg, rows, width, num_labels=NUM_LABELS, precision="bf16",
-                               adapter=BOTTLENECK if mode == "adapters" else None, device="cuda").total
+                               bottleneck=BOTTLENECK if mode == "adapters" else None, device="cuda").total
                for rows, width in shapes)
 
 

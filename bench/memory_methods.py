@@ -46,8 +46,8 @@ def main():
                  "python bench/memory_methods.py --device cpu --tiny")
     cfg = TINY if args.tiny else ROBERTA_BASE
     batch, length = (3, 17) if args.tiny else (args.batch_size, args.max_length)
-    methods = {"full": {}, f"houlsby-{args.bottleneck}": {"adapter": args.bottleneck},
-               f"pfeiffer-{args.bottleneck}": {"adapter": args.bottleneck, "placement": "pfeiffer"},
+    methods = {"full": {}, f"houlsby-{args.bottleneck}": {"bottleneck": args.bottleneck},
+               f"pfeiffer-{args.bottleneck}": {"bottleneck": args.bottleneck, "placement": "pfeiffer"},
                f"lora r{args.lora_r}": {"lora": adapter.LoRAConfig(r=args.lora_r)}}
     rows = []
     for ckpt in (False, True):

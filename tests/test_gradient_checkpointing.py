@@ -77,7 +77,7 @@ def test_without_rng_replay_the_numbers_differ(task, tmp_path, monkeypatch):
     assert max(abs(a - b) for a, b in zip(losses, losses_ckpt)) > 1e-4
 
 
-@pytest.mark.parametrize("method", [{}, {"adapter": 64}, {"adapter": 64, "placement": "pfeiffer"},
+@pytest.mark.parametrize("method", [{}, {"bottleneck": 64}, {"bottleneck": 64, "placement": "pfeiffer"},
                                     {"lora": adapter.LoRAConfig()}], ids=["full", "houlsby", "pfeiffer", "lora"])
 def test_measure_sees_activations_shrink_by_the_estimate(method):
     """roberta-base's layers (4 of them) on the meta device, fp32: what autograd saves with the encoder's

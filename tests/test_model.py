@@ -345,7 +345,7 @@ def test_num_labels_errors(tmp_path):
         model.from_pretrained(tmp_path, num_labels=4)
     torch.save(hf.bert.state_dict(), tmp_path / "pytorch_model.bin")
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(ValueError, match="no classification head: pass num_labels"):
+    with pytest.raises(ValueError, match=r"no classification head \(a pretrained encoder, not a fine-tuned model\): give a saved model.*or pass num_labels"):
         model.from_pretrained(tmp_path)
 
 
