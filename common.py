@@ -17,6 +17,7 @@ import contextlib
 import functools
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +49,6 @@ def run_cli(main, argv: list[str] | None, script: str) -> int:
     """`main(argv)` as a command (eval.py, report.py): a UsageError or a missing file is one line on stderr and
     exit code 2; any other error (a ValueError of ours or torch's included) is a bug and keeps its traceback.
     A reader that left (`report.py summarize runs/ | head`) is not an error."""
-    import sys
     try:
         main(argv)
     except (UsageError, FileNotFoundError) as e:

@@ -245,7 +245,7 @@ def main():
             records.append(r)
             label = (f"{shape} {'ours' if which == 'ours' else 'transformers'} {mode}"
                      f"{f' --max-tokens {tokens}' if tokens else ''}{' + compile' if compile else ''}")
-            gib = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731  (a one-line formatter)
+            gib = lambda x: "-" if x is None else f"{x:.2f}"
             rows.append([label, f"{r['ms_per_step']:.1f}", f"{r['micro_batches'] / r['steps']:.1f}",
                          f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%", f"{r['warmup_s']:.1f}",
                          gib(r["peak_mem_gib"]), gib(pred)])

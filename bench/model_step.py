@@ -37,7 +37,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchlib import machine, matmul_peak_gflops, minilm_dir, table, train_flops  # first: it puts the project on sys.path
+from benchlib import (  # first: it puts the project on sys.path
+    machine,
+    matmul_peak_gflops,
+    minilm_dir,
+    table,
+    train_flops,
+)
 
 # isort: split
 import common

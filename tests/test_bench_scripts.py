@@ -56,6 +56,6 @@ def test_gpu_bench_batches_keep_the_token_budget():
             assert width % 8 == 0 and (rows * width <= 256 or rows == 1), (rows, width)
             lens = m["attention_mask"].sum(1)
             assert int(lens.max()) > width - 8  # padded to its own longest, not the batch's
-        key = lambda ids, mask: sorted(tuple(r[:int(n)].tolist()) for r, n in zip(ids, mask.sum(1)))  # noqa: E731
+        key = lambda ids, mask: sorted(tuple(r[:int(n)].tolist()) for r, n in zip(ids, mask.sum(1)))
         got = [row for m in micro for row in key(m["input_ids"], m["attention_mask"])]
         assert sorted(got) == key(whole[0]["input_ids"], whole[0]["attention_mask"])
