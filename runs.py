@@ -209,36 +209,71 @@ class Selection:
         self.epoch, self.results, self.state = d["epoch"], d["results"], d["state"]
 
 
-def selection_rule(result: dict) -> str:
-    """The epoch rule a result.json reports under, as report.rule_of names it: "last", or "best dev <metric>".
-    A result.json written before --select-on existed has no "selection": its rule was the last epoch."""
-    selection = result.get("selection") or {"rule": "last"}
-    return "last" if selection["rule"] == "last" else f"best {selection['rule']} {selection['metric']}"
+def check_flags(cfg, resolved, world_size: int) -> None:
+    """Refuse, with one line that says what to do (UsageError), flags that contradict each other (`cfg`: as given)
+    or values out of range (`resolved`: with train.resolve's defaults filled in)."""
+    if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
+        raise UsageError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
+    if cfg.select_metric is not None and cfg.select_on != "dev":
+        raise UsageError("--select-metric needs --select-on dev (the last epoch is picked by no score)")
+    if cfg.select_on == "dev" and cfg.dataset in data.DATASETS and "dev" not in data.DATASETS[cfg.dataset].splits:
+        raise UsageError(no_dev_split(cfg.dataset, data.DATASETS[cfg.dataset].splits))
+    if cfg.adapter and cfg.lora:
+        raise UsageError("--adapter and --lora are two methods: pick one (one run folder each)")
+    if not cfg.lora and (any(v is not None for v in (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets))
+                         or cfg.merge_lora):
+        raise UsageError("--lora-r, --lora-alpha, --lora-dropout, --lora-targets and --merge-lora need --lora")
+    if cfg.merge_lora and not cfg.save:
+        raise UsageError("--merge-lora changes what --save writes: add --save")
+    r = resolved
+    if r.lora and (r.lora_r < 1 or r.lora_alpha <= 0 or not 0 <= r.lora_dropout < 1):
+        raise UsageError(f"--lora-r must be at least 1, --lora-alpha > 0 and --lora-dropout in [0, 1), got "
+                         f"{r.lora_r}, {r.lora_alpha:g}, {r.lora_dropout:g}")
+    for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "eval_batch_size", "log_every",
+                 *(["bottleneck"] if r.adapter else [])):
+        if getattr(r, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(r, name)}")
+    if r.lr <= 0 or r.weight_decay < 0 or not 0 <= r.warmup_ratio < 1 or r.max_grad_norm < 0:
+        raise UsageError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
+    if r.max_tokens < 0 or r.checkpoint_every < 0 or r.checkpoint_minutes < 0:
+        raise UsageError("--max-tokens, --checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
+    if len(set(r.seeds)) != len(r.seeds):
+        raise UsageError(f"--seeds has duplicates: {r.seeds}")
+    if r.batch_size % (world_size * r.micro_batch_size):
+        raise UsageError(f"--batch-size {r.batch_size} is not divisible by {world_size} rank(s) x "
+                         f"--micro-batch-size {r.micro_batch_size}; pick a global batch that is")
+    if r.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401  (an optional extra: only this flag needs it)
+        except ImportError:
+            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+
+
+def no_dev_split(name: str, splits) -> str:
+    return (f"--select-on dev needs a dev split, and {name} has only {', '.join(splits)}: for your own data add "
+            "dev.jsonl/.csv/.tsv (or --dev-file FILE); or leave --select-on at last (the default), which "
+            "reports the last epoch")
 
 
 def check_finished(run_dir: Path, cfg) -> None:
     """A finished seed (result.json) is skipped, but only when it is the run this command asks for: one
-    finished with other settings, or without the saved model --save asks for, must not be skipped silently."""
-    check_same_rule(run_dir / "result.json", cfg)
-    saved = json.loads((run_dir / "config.json").read_text())
+    finished with other settings (the epoch rule included), or without the saved model --save asks for, must
+    not be skipped silently."""
+    # a config.json from before --select-on existed has no select_on: its rule was the last epoch
+    saved = {"select_on": "last", "select_metric": None, **json.loads((run_dir / "config.json").read_text())}
     changed = [k for k in FIXED_ON_RESUME if k in saved and saved[k] != getattr(cfg, k)
                and not (k == "labels" and cfg.labels is None)]  # config.json has the labels read, not the flag
     again = "give this run its own folder (--out DIR or --model-name NAME), or delete that seed's folder"
     if changed:
-        was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {getattr(cfg, k)})" for k in changed)
+        was = ", ".join(f"--{k.replace('_', '-')} {_flag_value(saved[k])} (now {_flag_value(getattr(cfg, k))})"
+                        for k in changed)
         raise UsageError(f"{run_dir} holds a finished run with {was}: {again}")
     if cfg.save and not (run_dir / "model").exists():
         raise UsageError(f"{run_dir} holds a finished run without --save (no model/ folder): {again}")
 
 
-def check_same_rule(path: Path, cfg) -> None:
-    """A finished seed is skipped; one that reports another epoch rule than this command asks for must not
-    be skipped silently (its result.json would answer for the other rule)."""
-    done = selection_rule(json.loads(path.read_text()))
-    asked = "last" if cfg.select_on == "last" else f"best {cfg.select_on} {cfg.select_metric}"
-    if done != asked:
-        raise UsageError(f"{path} exists and reports the epoch rule {done!r}, not {asked!r} as asked: give this "
-                         "run its own folder (--out DIR or --model-name NAME), or delete that seed's folder")
+def _flag_value(value) -> str:
+    return "unset" if value is None else " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 # ----------------------------------------------------------------------------- did the run learn anything?

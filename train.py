@@ -205,12 +205,6 @@ FLAG_GROUPS = {
 }
 
 
-def no_dev_split(name: str, splits) -> str:
-    return (f"--select-on dev needs a dev split, and {name} has only {', '.join(splits)}: for your own data add "
-            "dev.jsonl/.csv/.tsv (or --dev-file FILE); or leave --select-on at last (the default), which "
-            "reports the last epoch")
-
-
 # ----------------------------------------------------------------------------- main: setup, then one Run per seed
 
 
@@ -229,7 +223,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             cfg = dataclasses.replace(cfg, resume=True)
         mcfg, tok, dataset = runs.check_inputs(cfg)  # every input checked before anything slow
         if cfg.select_on == "dev" and "dev" not in dataset.examples:
-            raise UsageError(no_dev_split(cfg.dataset_name, dataset.examples))
+            raise UsageError(runs.no_dev_split(cfg.dataset_name, dataset.examples))
         # tokenize every split once, for all seeds
         splits = {s: data.encode(examples, tok, cfg.max_length) for s, examples in dataset.examples.items()}
         sizes = ", ".join(f"{s} {len(e)}" for s, e in splits.items())
@@ -574,58 +568,25 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def resolve(cfg: TrainConfig, world_size: int, device: torch.device) -> TrainConfig:
-    """Fill in the per-dataset and per-device defaults and reject settings that contradict each other."""
-    if not cfg.adapter and (cfg.bottleneck is not None or cfg.adapter_placement or cfg.freeze_layernorm):
-        raise UsageError("--bottleneck, --adapter-placement and --freeze-layernorm need --adapter")
-    if cfg.select_metric is not None and cfg.select_on != "dev":
-        raise UsageError("--select-metric needs --select-on dev (the last epoch is picked by no score)")
-    if cfg.select_on == "dev" and cfg.dataset in data.DATASETS and "dev" not in data.DATASETS[cfg.dataset].splits:
-        raise UsageError(no_dev_split(cfg.dataset, data.DATASETS[cfg.dataset].splits))
-    if cfg.adapter and cfg.lora:
-        raise UsageError("--adapter and --lora are two methods: pick one (one run folder each)")
-    lora_flags = (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    if not cfg.lora and (any(v is not None for v in lora_flags) or cfg.merge_lora):
-        raise UsageError("--lora-r, --lora-alpha, --lora-dropout, --lora-targets and --merge-lora need --lora")
-    if cfg.merge_lora and not cfg.save:
-        raise UsageError("--merge-lora changes what --save writes: add --save")
-    if cfg.lora:  # PEFT's usual settings (Hu et al. 2021 use r 8 on query and value for roberta-base)
-        cfg = dataclasses.replace(
-            cfg, lora_r=8 if cfg.lora_r is None else cfg.lora_r, lora_alpha=16.0 if cfg.lora_alpha is None else cfg.lora_alpha,
-            lora_dropout=0.1 if cfg.lora_dropout is None else cfg.lora_dropout,
-            lora_targets=list(cfg.lora_targets or ("query", "value")))
-        if cfg.lora_r < 1 or cfg.lora_alpha <= 0 or not 0 <= cfg.lora_dropout < 1:
-            raise UsageError(f"--lora-r must be at least 1, --lora-alpha > 0 and --lora-dropout in [0, 1), got "
-                             f"{cfg.lora_r}, {cfg.lora_alpha:g}, {cfg.lora_dropout:g}")
+    """Fill in the per-dataset and per-device defaults; runs.check_flags refuses settings that contradict each
+    other or are out of range (UsageError, one line)."""
+    # LoRA: PEFT's usual settings (Hu et al. 2021 use r 8 on query and value for roberta-base)
+    lora = {"lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.1, "lora_targets": ["query", "value"]}
+    lora = {k: default if getattr(cfg, k) is None else getattr(cfg, k) for k, default in lora.items()} if cfg.lora else {}
     kind = "adapter" if cfg.adapter or cfg.lora else "full"  # LoRA: the report's adapter epochs and lr
     epochs, lr = REPORT_DEFAULTS[kind][cfg.dataset] if cfg.dataset in data.DATASETS else OWN_DATA_DEFAULTS[kind]
-    cfg = dataclasses.replace(
+    resolved = dataclasses.replace(
         cfg, dataset_name=own_data.run_name(cfg.dataset, cfg.train_file, cfg.dataset_name),  # checks --dataset
         epochs=epochs if cfg.epochs is None else cfg.epochs, lr=lr if cfg.lr is None else cfg.lr,
         bottleneck=(64 if cfg.bottleneck is None else cfg.bottleneck) if cfg.adapter else None,
         adapter_placement=(cfg.adapter_placement or "houlsby") if cfg.adapter else None,
+        **lora,
         micro_batch_size=max(cfg.batch_size // world_size, 1) if cfg.micro_batch_size is None else cfg.micro_batch_size,
         max_tokens=(data.CPU_MAX_TOKENS if device.type == "cpu" else 0) if cfg.max_tokens is None else cfg.max_tokens,
         dropout_masks=model.dropout_masks(cfg.dropout_masks, device),
         select_metric=(cfg.select_metric or "f1_macro") if cfg.select_on == "dev" else None)
-    for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "eval_batch_size", "log_every",
-                 *(["bottleneck"] if cfg.adapter else [])):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.warmup_ratio < 1 or cfg.max_grad_norm < 0:
-        raise UsageError("--lr must be > 0, --weight-decay and --max-grad-norm >= 0, --warmup-ratio in [0, 1)")
-    if cfg.max_tokens < 0 or cfg.checkpoint_every < 0 or cfg.checkpoint_minutes < 0:
-        raise UsageError("--max-tokens, --checkpoint-every and --checkpoint-minutes must be >= 0 (0: off)")
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise UsageError(f"--seeds has duplicates: {cfg.seeds}")
-    if cfg.batch_size % (world_size * cfg.micro_batch_size):
-        raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {world_size} rank(s) x "
-                         f"--micro-batch-size {cfg.micro_batch_size}; pick a global batch that is")
-    if cfg.tensorboard:
-        try:
-            import torch.utils.tensorboard  # noqa: F401  (an optional extra: only this flag needs it)
-        except ImportError:
-            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return cfg
+    runs.check_flags(cfg, resolved, world_size)
+    return resolved
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -133,7 +133,15 @@ def test_refusals(task, tmp_path, capsys):
     # a finished seed of the other rule is not skipped silently
     train.main(args(task, tmp_path / "done", epochs=1))
     assert train.cli(args(task, tmp_path / "done", "--select-on", "dev", epochs=1)) == 2
-    assert "reports the epoch rule 'last', not 'best dev f1_macro'" in capsys.readouterr().err
+    assert "with --select-on last (now dev), --select-metric unset (now f1_macro)" in capsys.readouterr().err
+    # ... nor one whose config.json predates --select-on (no select_on: its rule was the last epoch)
+    config = next((tmp_path / "done").rglob("config.json"))
+    saved = json.loads(config.read_text())
+    del saved["select_on"], saved["select_metric"]
+    config.write_text(json.dumps(saved))
+    assert train.cli(args(task, tmp_path / "done", "--select-on", "dev", epochs=1)) == 2
+    assert "--select-on last (now dev)" in capsys.readouterr().err
+    assert train.cli(args(task, tmp_path / "done", epochs=1)) == 0  # the same rule: skipped
 
 
 def _seed(root, model_name, seed, f1, rule=None):
