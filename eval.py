@@ -321,7 +321,7 @@ def device_flags(p: argparse.ArgumentParser, batch: str) -> None:
     g.add_argument("--eval-batch-size", type=int, default=128, help=f"{batch} (default: %(default)s)")
     g.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="as train.py's --precision (default: %(default)s)")
-    g.add_argument("--device", choices=("cpu", "cuda"))
+    g.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available (torchrun: this rank's GPU)")
 
 
 def main(argv: list[str] | None = None):

@@ -553,19 +553,20 @@ def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description="Summarize, plot and compare the seeds of a runs folder.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("summarize", help="mean ± sample std over seeds, one row per model")
-    p.add_argument("runs")
-    p.add_argument("--split", default="test")
+    p.add_argument("runs", help="a runs folder: <runs>/<dataset>/<model>/seed<k>/result.json, as train.py --out writes it")
+    p.add_argument("--split", default="test", help="the split whose metrics are summarized (default: test)")
     p.add_argument("--all-metrics", action="store_true", help="add micro-F1 and loss")
     p.add_argument("--per-class", action="store_true", help="instead: per class precision, recall, F1 and support, "
                    "and the confusion matrix summed over seeds, one block per model and dataset")
-    p.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"))
+    p.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"),
+                   help="json: values as fractions, as in result.json (default: markdown)")
     p = sub.add_parser("plot", help="PNG learning curves per dataset, and adapters vs full fine-tuning")
-    p.add_argument("runs")
-    p.add_argument("--out", default="figures")
+    p.add_argument("runs", help="a runs folder: <runs>/<dataset>/<model>/seed<k>/result.json, as train.py --out writes it")
+    p.add_argument("--out", default="figures", help="folder for the PNG files (default: figures)")
     for name, help_text in (("compare", "is model A better than model B? permutation p, Welch t CI, Cohen's d"),
                             ("claims", "check a JSON list of claims (a > b, a < b, a = b) against a runs folder")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("runs")
+        p.add_argument("runs", help="a runs folder: <runs>/<dataset>/<model>/seed<k>/result.json, as train.py --out writes it")
         if name == "compare":
             p.add_argument("a", help="model A: a model folder name in the runs folder (runs/<dataset>/<model>)")
             p.add_argument("b", help="model B")
@@ -575,11 +576,11 @@ def main(argv: list[str] | None = None):
             p.add_argument("--margin", type=float, default=1.0, help="for a = b: equivalence within ±margin points, "
                            "by two one-sided Welch t tests (default 1)")
         p.add_argument("--metric", default="f1_macro", help=f"{', '.join(SCORES)} (default f1_macro)")
-        p.add_argument("--split", default="test")
+        p.add_argument("--split", default="test", help="the split whose metric is compared (default: test)")
         p.add_argument("--alpha", type=float, default=0.05, help="test level; compare's interval is 1 - alpha, "
                        "an a = b claim's 1 - 2 alpha (default 0.05)")
         p.add_argument("--format", default="text", choices=("text", "json"),
-                       help="json: values as fractions, as in result.json")
+                       help="json: values as fractions, as in result.json (default: text)")
     args = parser.parse_args(argv)
 
     if args.command == "summarize" and args.per_class:
