@@ -4,10 +4,10 @@
 
 One row per (dataset, run folder): finished seeds, mean ± sample std of the metric (report.summarize),
 trainable parameters, memory.py's prediction for the run's own settings (micro-batch x --max-length
-tokens, its precision, its device's kernels: an upper bound, as batches are padded only to their longest
-example) and the measured peak from result.json (CUDA: max_memory_allocated; CPU: the process's max RSS,
+tokens, the micro-batch cut to what --max-tokens allows at that length, its precision, its device's kernels:
+an upper bound, as batches are padded only to their longest example) and the measured peak from result.json (CUDA: max_memory_allocated; CPU: the process's max RSS,
 which includes the data, the Python heap and earlier seeds, so only CUDA peaks compare with the prediction).
-Then report.compare for each pair of methods on each dataset (permutation p-value, bootstrap interval).
+Then report.compare for each pair of methods on each dataset (permutation p-value, Welch t interval).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def predicted(config: dict) -> memory.Breakdown:
     lora = (adapter.LoRAConfig(config["lora_r"], config["lora_alpha"], config["lora_dropout"],
                                tuple(config["lora_targets"])) if config.get("lora") else None)
     device = "cpu" if str(config["device"]).startswith("cpu") else "cuda"
-    return memory.estimate(config["model"], config["micro_batch_size"], config["max_length"],
+    batch = memory.micro_batch(config["micro_batch_size"], config["max_length"], config.get("max_tokens") or 0)
+    return memory.estimate(config["model"], batch, config["max_length"],
                            num_labels=len(config["labels"]), precision=PRECISION[config["autocast_dtype"]],
                            bottleneck=config["bottleneck"] if config["adapter"] else None,
                            placement=config.get("adapter_placement") or "houlsby",
@@ -78,9 +79,9 @@ def comparisons(root: Path, split: str, metric: str) -> list[str]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs")
-    p.add_argument("--split", default="test")
-    p.add_argument("--metric", default="f1_macro")
+    p.add_argument("runs", help="the runs folder experiments/peft_comparison.sh wrote (its --out)")
+    p.add_argument("--split", default="test", help="default: test")
+    p.add_argument("--metric", default="f1_macro", help="default: f1_macro")
     args = p.parse_args(argv)
     root = Path(args.runs)
     print("\n".join([*table(root, args.split, args.metric), "", ANCHOR, "", "```",
