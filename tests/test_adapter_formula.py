@@ -22,6 +22,8 @@ import model
 import train
 from helpers import random_batch, write_keyword_task, write_tiny_encoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 P_HIDDEN = 0.25  # dropout on, so that the formula's dropout(dense(h)) is a real step
 
 

@@ -19,6 +19,8 @@ from helpers import ROOT, write_keyword_task, write_tiny_encoder
 sys.path.insert(0, str(ROOT / "experiments"))
 import runs_from_csv
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _mean_diff(x, y, axis):
     return x.mean(axis=axis) - y.mean(axis=axis)

@@ -20,6 +20,8 @@ import model
 import train
 from helpers import FILLER, KEYWORDS, random_batch, tiny_hf_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ATOL = 1e-5  # fp32, the same ops in the same order: the parity tests' tolerance
 
 

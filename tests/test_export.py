@@ -19,6 +19,8 @@ import model
 import train
 from helpers import real_texts, tiny_hf_model, write_keyword_task, write_tiny_encoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LABELS = data.DATASETS["restaurant"].labels  # positive, neutral, negative
 
 

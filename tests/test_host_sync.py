@@ -21,6 +21,8 @@ import train
 from test_cluster import args, checkpoint_step, finish, start, wait_for_step, worker_pid
 from test_train import task  # noqa: F401  (the fixture)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class HostReads(TorchDispatchMode):
     """Counts host reads of tensors while `active`."""

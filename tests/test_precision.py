@@ -19,6 +19,8 @@ import runs
 import train
 from helpers import without_timings, write_keyword_task, write_tiny_encoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SKIPPED = {0, 1, 2, 6}  # step indices (0-based): three inside the warm-up, one after it
 STEPS, WARMUP = 12, 4  # 96 examples / batch 16 = 6 steps per epoch, 2 epochs; ceil(0.3 * 12) = 4
 

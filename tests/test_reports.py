@@ -21,6 +21,8 @@ import report
 import train
 from helpers import ROOT, write_keyword_task, write_tiny_encoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -17,6 +17,8 @@ import model
 import train
 from test_train import _weights, args, run_cli, seed_dir, task  # noqa: F401  (task: the fixture)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 rng = np.random.default_rng(0)
 LENGTHS = rng.integers(3, 200, size=500)
 

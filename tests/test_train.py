@@ -23,6 +23,8 @@ import runs
 import train
 from helpers import ROOT, without_timings, write_keyword_task, write_tiny_encoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):

@@ -21,6 +21,8 @@ import runs
 import train
 from helpers import ROOT, write_keyword_task, write_tiny_encoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

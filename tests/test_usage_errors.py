@@ -11,6 +11,8 @@ import own_data
 import report
 import train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def boom(error):
     def raiser(*args, **kwargs):
