@@ -8,11 +8,15 @@ which must train nothing."""
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
 import memory
 from helpers import ROOT, write_keyword_task, write_tiny_encoder
+
+sys.path.insert(0, str(ROOT / "experiments"))
+import peft_memory  # (experiments/ is a folder of scripts, not a package)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,6 +50,8 @@ def test_one_command_runs_every_method_then_resumes(tmp_path):
     # the prediction is for the micro-batch --max-tokens allows at --max-length: 64 // 32 = 2 examples, not 16
     est = memory.estimate(str(enc), 2, 32, num_labels=6, precision="fp32", device="cpu")
     assert rows["enc"][6].strip() == f"{est.total / 1e9:.2f} ({est.activations / 1e9:.2f})"
+    config = json.loads((out / "acl" / "enc" / "seed1" / "config.json").read_text())
+    assert peft_memory.predicted(config) == est  # the table's GB round a tiny model's bytes to 0.00
     assert memory.estimate(str(enc), 16, 32, num_labels=6, precision="fp32", device="cpu").activations > est.activations
     for a, b in (("enc-lora", "enc"), ("enc-adapter", "enc"), ("enc-lora", "enc-adapter")):
         assert f"A = {a} (2 seeds), B = {b} (2 seeds)" in comparison, comparison
