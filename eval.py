@@ -316,6 +316,11 @@ def model_flags(p: argparse.ArgumentParser, what: str) -> None:
                    "also where the tokenizer comes from")
 
 
+# own_data.FLAGS whose train.py wording is about training
+EVALUATE_HELP = {"dev_file": "with --train-file: a dev file (score it with --split dev)",
+                 "dataset_name": "your dataset's name in the printed result (default: its folder's name)"}
+
+
 def device_flags(p: argparse.ArgumentParser, batch: str) -> None:
     g = p.add_argument_group("precision and devices")
     g.add_argument("--eval-batch-size", type=int, default=128, help=f"{batch} (default: %(default)s)")
@@ -337,6 +342,7 @@ def main(argv: list[str] | None = None):
                    help="truncate to this many tokens; use the run's own (default: %(default)s, as train.py's)")
     own = p.add_argument_group("your own data (as train.py's flags)")
     for name, (default, help_text, kwargs) in own_data.FLAGS.items():  # train.py's dataset flags, spelled alike
+        help_text = EVALUATE_HELP.get(name, help_text)
         (g if name in ("dataset", "data_dir") else own).add_argument(
             "--" + name.replace("_", "-"), default=default, help=help_text, **kwargs)
     device_flags(p, "per-rank batch size")
