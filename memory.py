@@ -715,13 +715,19 @@ def compare_methods(args) -> str:
     rows = method_breakdowns(cfg, args.batch_size, args.max_length, args.bottleneck, lora, num_labels=args.num_labels,
                              precision=args.precision, optimizer=args.optimizer, attention=args.attention,
                              params=args.params)
-    table = [[name, f"{b.trainable / 1e6:.2f}M", b.weights + b.master_weights, b.gradients, b.optimizer, b.activations,
-              b.total] for name, b in rows.items()]
+    amp = PRECISIONS[args.precision].autocast is not None
+    # under autocast `weights` are the 16-bit copies backward keeps (checkpointing recomputes them instead) and
+    # `master_weights` the fp32 parameters; without it, `weights` are the parameters themselves
+    table = [[name, f"{b.trainable / 1e6:.2f}M", b.master_weights if amp else b.weights, b.weights if amp else 0,
+              b.gradients, b.optimizer, b.activations, b.transient, b.total] for name, b in rows.items()]
     full, peft, peft_ckpt = rows["full"], rows[f"lora r{lora.r}"], rows[f"lora r{lora.r} + checkpointing"]
     state = lambda b: b.gradients + b.optimizer
     return "\n".join([
         f"{what}: {_settings(args)} (GB = 1e9 bytes)",
-        _table(["method", "trainable", "weights", "gradients", "optimizer", "activations", "total"], table),
+        _table(["method", "trainable", "weights", "16-bit copies", "gradients", "optimizer", "activations",
+                "transient", "total"], table),
+        "  weights: the parameters (fp32 under autocast); 16-bit copies: autocast's copies of the Linear weights that",
+        "  backward keeps (checkpointing recomputes them); transient: the largest buffer alive inside one op",
         f"  device overhead: {OVERHEAD_NOTE}",
         "",
         "What the report's PEFT answer leaves out: PEFT removes the gradients and optimizer states of the frozen",

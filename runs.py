@@ -270,6 +270,9 @@ def check_finished(run_dir: Path, cfg) -> None:
         raise UsageError(f"{run_dir} holds a finished run with {was}: {again}")
     if cfg.save and not (run_dir / "model").exists():
         raise UsageError(f"{run_dir} holds a finished run without --save (no model/ folder): {again}")
+    if cfg.save and saved.get("merge_lora", False) != cfg.merge_lora:  # the saved model/ is the other kind
+        raise UsageError(f"{run_dir} holds a finished run saved {'with' if saved.get('merge_lora') else 'without'} "
+                         f"--merge-lora: {again}")
 
 
 def _flag_value(value) -> str:

@@ -248,6 +248,9 @@ def test_train_flags(setup, tmp_path, capsys):
     saved = tmp_path / "acl" / f"{setup['bert'].name}-lora" / "seed1" / "model"
     assert (saved / "model.safetensors").is_file() and not (saved / "adapter_config.json").exists()
     assert not adapter.has_lora(model.from_pretrained(saved))
+    # the finished seed holds a merged model: the command without --merge-lora is refused, not skipped
+    assert train.cli(base + ["--lora", "--epochs", "1"]) == 2
+    assert "saved with --merge-lora" in capsys.readouterr().err
 
 
 def test_lora_dropout_acts_on_the_input_before_a():

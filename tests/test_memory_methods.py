@@ -74,3 +74,12 @@ def test_methods_table_and_what_peft_leaves_out(capsys):
     memory.main(["--params", "3e9", "--methods", "--batch-size", "8", "--max-length", "512"])
     out = capsys.readouterr().out
     assert "lora r8 + checkpointing" in out and "leaves out" in out
+    # every row adds up to its total (the table once left out the transient buffer), in GB as printed
+    header = next(line.split() for line in out.splitlines() if line.strip().startswith("method"))
+    assert header[-3:] == ["activations", "transient", "total"]
+    for name, b in rows.items():
+        line = next(line for line in out.splitlines() if line.strip().startswith(name + "  "))
+        gb = [float(v) for v in line.split()[-7:]]  # weights, 16-bit copies, ..., transient, total
+        assert gb == [round(v / 1e9, 2) for v in (b.master_weights, b.weights, b.gradients, b.optimizer,
+                                                   b.activations, b.transient, b.total)], line
+        assert abs(sum(gb[:-1]) - gb[-1]) <= 0.03, line

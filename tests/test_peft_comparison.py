@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+import adapter
 import memory
 from helpers import ROOT, write_keyword_task, write_tiny_encoder
 
@@ -39,6 +40,13 @@ def test_one_command_runs_every_method_then_resumes(tmp_path):
         assert (config["adapter"], config["lora"]) == {"enc": (False, False), "enc-adapter": (True, False),
                                                        "enc-lora": (False, True)}[folder]
         assert config["lr"] == (1e-3 if folder == "enc" else 1e-2)  # --lr for full, --peft-lr for the others
+        assert config["resume"], "the script resumes interrupted seeds"
+        # memory beside each row: memory.estimate for this method's own settings (bytes, not the rounded GB)
+        lora = adapter.LoRAConfig(r=config["lora_r"], alpha=config["lora_alpha"], dropout=config["lora_dropout"],
+                                  targets=tuple(config["lora_targets"])) if config["lora"] else None
+        assert peft_memory.predicted(config) == memory.estimate(
+            str(enc), 2, 32, num_labels=6, precision="fp32", device="cpu", lora=lora,
+            bottleneck=config["bottleneck"], placement=config["adapter_placement"] or "houlsby")
 
     summary = (out / "summary.md").read_text()
     assert [line.split("|")[1].strip() for line in summary.splitlines()[2:]] == folders

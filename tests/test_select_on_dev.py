@@ -130,6 +130,10 @@ def test_refusals(task, tmp_path, capsys):
         assert train.cli([*argv, "--out", str(tmp_path / "runs")]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+    # a finished seed of the same rule is skipped
+    train.main(args(task, tmp_path / "dev", "--select-on", "dev", epochs=1))
+    assert train.main(args(task, tmp_path / "dev", "--select-on", "dev", epochs=1)) == []
+    assert "result.json exists, skipping" in capsys.readouterr().out
     # a finished seed of the other rule is not skipped silently
     train.main(args(task, tmp_path / "done", epochs=1))
     assert train.cli(args(task, tmp_path / "done", "--select-on", "dev", epochs=1)) == 2
