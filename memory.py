@@ -742,7 +742,8 @@ def compare_methods(args) -> str:
 def main(argv: list[str] | None = None) -> None:
     # Each default is written once, in its help: "%(default)s" where there is a value, words where None
     # means "derived" (ArgumentDefaultsHelpFormatter would print "(default: None)" beside them).
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # no abbreviations: train.py's --lora would be read as --lora-r
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--params", type=float, help="a generic encoder of this many parameters (e.g. 3e9), "
                       "beside the report's accounting")

@@ -496,8 +496,9 @@ def _panel(ax, groups: dict[str, list[Seed]], split: str, metric: str, x: str, c
 
 def plot(root: str | Path, out: str | Path) -> list[Path]:
     """Per dataset: training loss and test accuracy / macro-F1 / micro-F1 / loss against steps, one colour
-    per model, mean over seeds as a line and +-1 std as a band. Plus, for every model with an adapter run,
-    adapter vs full fine-tuning against epochs (their step counts differ when their epochs do)."""
+    per model, mean over seeds as a line and +-1 std as a band. Plus, for every model with an adapter or LoRA
+    run (<model>-adapter, <model>-lora), those vs full fine-tuning against epochs (peft_vs_full_<model>.png;
+    epochs, as their step counts differ when their epochs do)."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
     import matplotlib.pyplot as plt
@@ -527,20 +528,22 @@ def plot(root: str | Path, out: str | Path) -> list[Path]:
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
 
-    for base in [m for m in models if f"{m}-adapter" in models]:
-        datasets = _ordered(s.dataset for s in seeds if s.model in (base, f"{base}-adapter"))
+    for base in [m for m in models if f"{m}-adapter" in models or f"{m}-lora" in models]:
+        methods = [m for m in (base, f"{base}-adapter", f"{base}-lora") if m in models]
+        datasets = _ordered(s.dataset for s in seeds if s.model in methods)
         fig, axes = plt.subplots(2, len(datasets), figsize=(max(5.5 * len(datasets), 6.5), 8), squeeze=False,
                                  constrained_layout=True)
         for j, dataset in enumerate(datasets):
-            groups = {m: [s for s in seeds if s.dataset == dataset and s.model == m] for m in (base, f"{base}-adapter")}
+            groups = {m: [s for s in seeds if s.dataset == dataset and s.model == m] for m in methods}
             groups = {m: g for m, g in groups.items() if g}
             for i, metric in enumerate(("accuracy", "f1_macro")):
                 _panel(axes[i][j], groups, "test", metric, "epoch", colors)
                 axes[i][j].set_title(f"{dataset}: test {'accuracy' if i == 0 else 'macro-F1'}")
             axes[0][j].legend(fontsize=9)
+        names = " and ".join({f"{base}-adapter": "adapters", f"{base}-lora": "LoRA"}[m] for m in methods[1:])
         # two lines: one dataset's column is too narrow for the title in one
-        fig.suptitle(f"{base}: adapters vs full fine-tuning\nmean over seeds, band or bar = ±1 std", fontsize=13)
-        written.append(out / f"adapter_vs_full_{base}.png")
+        fig.suptitle(f"{base}: {names} vs full fine-tuning\nmean over seeds, band or bar = ±1 std", fontsize=13)
+        written.append(out / f"peft_vs_full_{base}.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     return written
@@ -560,7 +563,7 @@ def main(argv: list[str] | None = None):
                    "and the confusion matrix summed over seeds, one block per model and dataset")
     p.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"),
                    help="json: values as fractions, as in result.json (default: markdown)")
-    p = sub.add_parser("plot", help="PNG learning curves per dataset, and adapters vs full fine-tuning")
+    p = sub.add_parser("plot", help="PNG learning curves per dataset, and adapters or LoRA vs full fine-tuning")
     p.add_argument("runs", help="a runs folder: <runs>/<dataset>/<model>/seed<k>/result.json, as train.py --out writes it")
     p.add_argument("--out", default="figures", help="folder for the PNG files (default: figures)")
     for name, help_text in (("compare", "is model A better than model B? permutation p, Welch t CI, Cohen's d"),

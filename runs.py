@@ -282,6 +282,7 @@ def _flag_value(value) -> str:
 # ----------------------------------------------------------------------------- did the run learn anything?
 
 # The learning rates a MiniLM-sized model needs, named when a run learned nothing (README, DESIGN.md)
+MINILM_LR = {"full": 1e-4, "adapter": 1e-3, "lora": 1e-3}
 LR_HINT = "MiniLM needs about 1e-4 for full fine-tuning and 1e-3 with adapters or LoRA"
 
 
@@ -303,8 +304,10 @@ def learned_nothing(run, results: dict) -> str | None:
     if not signs:
         return None
     warmup = math.ceil(run.cfg.warmup_ratio * run.total_steps)
+    method = "adapter" if run.cfg.adapter else "lora" if run.cfg.lora else "full"
+    hint = "" if run.cfg.lr == MINILM_LR[method] else f"; {LR_HINT}"  # not the hint the run already follows
     return (f"this run looks like it learned nothing: {' and '.join(signs)}. Likely causes: the learning "
-            f"rate (--lr {run.cfg.lr:g}; {LR_HINT}), too few steps ({run.step} optimizer steps), or warm-up too "
+            f"rate (--lr {run.cfg.lr:g}{hint}), too few steps ({run.step} optimizer steps), or warm-up too "
             f"long for the run ({warmup} of {run.total_steps} steps, --warmup-ratio {run.cfg.warmup_ratio:g})")
 
 

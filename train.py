@@ -19,7 +19,7 @@ called by name where it happens: runs.check_inputs, runs.save_checkpoint, runs.l
 --batch-size is the GLOBAL batch (ranks x micro-batch x accumulation steps), so the same command
 runs the same optimisation on 1 GPU or 8 (data order, global batches, update rule): with dropout off
 the weights agree up to float summation order; with dropout on they do not, as dropout masks are
-drawn per micro-batch and so depend on how the batch is split. Each seed writes runs/<dataset>/<model>[-adapter]/seed<k>/
+drawn per micro-batch and so depend on how the batch is split. Each seed writes runs/<dataset>/<model>[-adapter|-lora]/seed<k>/
 (config.json, metrics.jsonl, result.json); a seed whose result.json exists is skipped, and
 --resume continues an interrupted seed from its last checkpoint. The loop is the only code that decides
 about processes and ranks (through common.py's helpers). The loop follows karpathy/nanoGPT's train.py.
@@ -134,13 +134,13 @@ class TrainConfig:
     # optimisation
     seeds: list[int] = opt((1,), "seeds to run one after another", type=int, nargs="+")  # noqa: RUF009
     epochs: int | None = opt(None, "epochs (default: the report's; full fine-tuning " + per_dataset("full", 0)
-                                   + "; with --adapter " + per_dataset("adapter", 0) + ")", type=int)
+                                   + "; with --adapter or --lora " + per_dataset("adapter", 0) + ")", type=int)
     batch_size: int = opt(64, "GLOBAL batch size: all ranks x micro-batch x accumulation steps", type=int)
     micro_batch_size: int | None = opt(None, "per-rank micro-batch (default: batch-size / ranks, no accumulation)",
                                        type=int)
     lr: float | None = opt(None, "peak learning rate (default: the report's; full fine-tuning "
-                                 + per_dataset("full", 1) + "; with --adapter " + per_dataset("adapter", 1)
-                                 + "; MiniLM wants about 1e-4 full, 1e-3 with adapters)", type=float)
+                                 + per_dataset("full", 1) + "; with --adapter or --lora " + per_dataset("adapter", 1)
+                                 + "; MiniLM wants about 1e-4 full, 1e-3 with adapters or LoRA)", type=float)
     weight_decay: float = opt(0.01, "AdamW weight decay, applied to weight matrices only", type=float)
     warmup_ratio: float = opt(0.1, "share of steps with linear warm-up; then linear decay to 0", type=float)
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", type=float)

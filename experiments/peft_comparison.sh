@@ -10,7 +10,9 @@
 #
 # Options (all optional):
 #   --model M            alias, Hub id or local directory (default: roberta-base)
-#   --datasets "d1 d2"   (default: restaurant acl)
+#   --datasets "d1 d2"   registered names (default: restaurant acl), or folders of your own data (train/test
+#                        .jsonl/.csv/.tsv, as train.py --dataset DIR); --data-dir applies to every dataset, so
+#                        run your own folders and registered names as two commands
 #   --seeds "1 2"        (default: 1 2 3 4 5)
 #   --lr X               full fine-tuning's lr (default: the report's, per dataset, as train.py)
 #   --peft-lr X          adapters' and LoRA's lr (default: the report's adapter lr, as train.py)
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     --) shift; common+=("$@"); break ;;
+    [0-9]*) echo "peft_comparison.sh: unexpected $1: quote a list, e.g. --seeds \"1 2 3\" (see $0 --help)" >&2; exit 2 ;;
     *) echo "peft_comparison.sh: unknown option $1 (see $0 --help)" >&2; exit 2 ;;
   esac
 done

@@ -124,7 +124,7 @@ def test_train_help_shows_the_report_defaults_as_numbers():
     text = help_text(train.parse_args, [])
     epochs, lr = train.REPORT_DEFAULTS["full"]["agnews"], train.REPORT_DEFAULTS["adapter"]["agnews"]
     assert f"full fine-tuning restaurant/acl/your own data 4, agnews {epochs[0]}" in text
-    assert f"with --adapter restaurant/acl/your own data 4, agnews {lr[0]}" in text
+    assert f"with --adapter or --lora restaurant/acl/your own data 4, agnews {lr[0]}" in text
     assert f"agnews {epochs[1]:g}" in text and f"{lr[1]:g}" in text
 
 

@@ -5,9 +5,11 @@ moves (a learning rate of 1e-7)."""
 
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 
+import runs
 import train
 from helpers import FILLER, KEYWORDS, write_keyword_task, write_tiny_encoder
 
@@ -55,6 +57,7 @@ def test_every_prediction_in_one_class(task, tmp_path, capsys):
                             "--epochs", "1", "--lr", "1e-3", "--batch-size", "16", "--max-length", "64"])
     (line,) = warning_lines(capsys.readouterr().out)
     assert "every test prediction is 'yes'" in line and "barely moved" not in line  # the loss fell to the prior's
+    assert "(--lr 0.001; MiniLM needs about 1e-4 for full" in line  # full fine-tuning at 1e-3: the hint applies
     assert [sum(c) for c in zip(*result["test"]["confusion_matrix"])] == [0, 60]  # labels sorted: no, yes
     assert result["warnings"] == [line.removeprefix("warning: ")]
 
@@ -63,3 +66,13 @@ def test_a_run_that_learns_says_nothing(task, tmp_path, capsys):
     result = keyword_run(task, tmp_path, "1e-2", 5)
     assert result["test"]["accuracy"] > 0.9
     assert warning_lines(capsys.readouterr().out) == [] and result["warnings"] == []
+
+
+@pytest.mark.parametrize("method,lr,hinted", [("full", 1e-4, False), ("full", 1e-3, True), ("lora", 1e-3, False),
+                                              ("adapter", 1e-3, False), ("adapter", 5e-5, True)])
+def test_the_lr_hint_is_named_only_when_the_run_does_not_follow_it(tmp_path, method, lr, hinted):
+    cfg = SimpleNamespace(lr=lr, adapter=method == "adapter", lora=method == "lora", warmup_ratio=0.1)
+    run = SimpleNamespace(cfg=cfg, dir=tmp_path, labels=["a", "b"], step=27, total_steps=27)
+    line = runs.learned_nothing(run, {"test": {"confusion_matrix": [[0, 5], [0, 7]]}})
+    assert line.startswith("this run looks like it learned nothing: every test prediction is 'b'")
+    assert ("MiniLM needs" in line) == hinted and f"(--lr {lr:g}" in line and "too few steps (27" in line

@@ -411,5 +411,5 @@ def test_adapters_seeds_summarize_and_plot(enc, tmp_path):
     assert rows["enc"]["dataset"] == "kw" and rows["enc"]["n"] == 2
     assert rows["enc"]["accuracy"]["values"] == [r["test"]["accuracy"] for r in full]
     written = report.plot(tmp_path / "runs", tmp_path / "figures")
-    assert sorted(p.name for p in written) == ["adapter_vs_full_enc.png", "kw.png"]
+    assert sorted(p.name for p in written) == ["kw.png", "peft_vs_full_enc.png"]
     assert all(p.stat().st_size > 10_000 for p in written)

@@ -194,7 +194,7 @@ def test_plot_writes_readable_figures(runs, tmp_path):
     import matplotlib.image
     out = cli("plot", str(runs["runs"]), "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["acl.png", "adapter_vs_full_tiny.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acl.png", "peft_vs_full_tiny.png"]
     for path in tmp_path.iterdir():
         image = matplotlib.image.imread(path)
         height, width = image.shape[:2]
@@ -212,11 +212,12 @@ PANELS = {  # title -> (split, metric, y label); independent of eval.py's own ta
 
 
 def _write_runs(root):
-    """Hand-made runs: 3 seeds of bert and 2 of bert-adapter on acl, 2 of bert on restaurant, with
+    """Hand-made runs: 3 seeds of bert, 2 of bert-adapter and 2 of bert-lora on acl, 2 of bert on restaurant, with
     every metric drawn independently (so a panel showing another metric's data cannot match)."""
     rng = np.random.default_rng(0)
     runs = {}
-    for dataset, model_name, seeds in [("acl", "bert", 3), ("acl", "bert-adapter", 2), ("restaurant", "bert", 2)]:
+    for dataset, model_name, seeds in [("acl", "bert", 3), ("acl", "bert-adapter", 2), ("acl", "bert-lora", 2),
+                                       ("restaurant", "bert", 2)]:
         for seed in range(1, seeds + 1):
             path = root / dataset / model_name / f"seed{seed}"
             path.mkdir(parents=True)
@@ -263,7 +264,7 @@ def test_each_plot_panel_draws_the_metric_it_names(tmp_path, monkeypatch):
     figures = {}
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: figures.update({path.name: fig}))
     written = report.plot(tmp_path / "runs", tmp_path / "out")
-    assert sorted(p.name for p in written) == sorted(figures) == ["acl.png", "adapter_vs_full_bert.png",
+    assert sorted(p.name for p in written) == sorted(figures) == ["acl.png", "peft_vs_full_bert.png",
                                                                  "restaurant.png"]
     for dataset in ("acl", "restaurant"):
         axes = [ax for ax in figures[f"{dataset}.png"].axes if ax.get_title()]
@@ -272,15 +273,16 @@ def test_each_plot_panel_draws_the_metric_it_names(tmp_path, monkeypatch):
             split, metric, ylabel = PANELS[ax.get_title()]
             assert ax.get_ylabel() == ylabel and ax.get_xlabel() == "step"
             _check_panel(ax, runs, dataset, split, metric, "step")
-    axes = figures["adapter_vs_full_bert.png"].axes  # per dataset with bert or bert-adapter runs, two panels
+    axes = figures["peft_vs_full_bert.png"].axes  # per dataset with bert, bert-adapter or bert-lora runs, two panels
     metrics = {"test accuracy": "accuracy", "test macro-F1": "f1_macro"}
     assert sorted(ax.get_title() for ax in axes) == sorted(f"{d}: {t}" for d in ("acl", "restaurant") for t in metrics)
     for ax in axes:
         dataset, title = ax.get_title().split(": ")
         assert ax.get_xlabel() == "epoch"
         assert sorted(line.get_label() for line in ax.get_lines()) == (
-            ["bert (3)", "bert-adapter (2)"] if dataset == "acl" else ["bert (2)"])
+            ["bert (3)", "bert-adapter (2)", "bert-lora (2)"] if dataset == "acl" else ["bert (2)"])
         _check_panel(ax, runs, dataset, "test", metrics[title], "epoch")
+    assert figures["peft_vs_full_bert.png"]._suptitle.get_text().startswith("bert: adapters and LoRA vs full")
 
 
 def test_plot_without_metrics_records_is_one_line_not_blank_figures(tmp_path, capsys):
@@ -314,7 +316,7 @@ def test_figures_are_readable_for_one_epoch(one_epoch_runs, tmp_path, monkeypatc
     for dataset in ("acl", "restaurant", "agnews")[:n_datasets]:  # the same seeds under other dataset names
         shutil.copytree(one_epoch_runs / "acl", runs / dataset)
     figures = _figures(runs, tmp_path / "figures", monkeypatch)
-    assert "adapter_vs_full_tiny.png" in figures and len(figures) == n_datasets + 1
+    assert "peft_vs_full_tiny.png" in figures and len(figures) == n_datasets + 1
     for name, fig in figures.items():
         renderer = fig.canvas.get_renderer()
         width, height = fig.bbox.width, fig.bbox.height
