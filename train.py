@@ -14,7 +14,8 @@ tensors -> model.Classifier's forward -> F.cross_entropy -> backward, clip, Adam
 The file reads in that order too: the config, main (setup, then one Run per seed), Run (its setup, the loop,
 a step, evaluation and logging, results), the optimizer, then the flags. What keeps a run alive (inputs
 checked up front, checkpoints and resume, stop signals, the run folder's files and lock) is in runs.py,
-called by name where it happens: runs.check_inputs, runs.save_checkpoint, runs.load_checkpoint, runs.log.
+called by name where it happens: runs.check_flags, runs.check_inputs, runs.save_checkpoint, runs.load_checkpoint,
+runs.log.
 
 --batch-size is the GLOBAL batch (ranks x micro-batch x accumulation steps), so the same command
 runs the same optimisation on 1 GPU or 8 (data order, global batches, update rule): with dropout off
