@@ -5,8 +5,9 @@
 One row per (dataset, run folder): finished seeds, mean ± sample std of the metric (report.summarize),
 trainable parameters, memory.py's prediction for the run's own settings (micro-batch x --max-length
 tokens, the micro-batch cut to what --max-tokens allows at that length, its precision, its device's kernels:
-an upper bound, as batches are padded only to their longest example) and the measured peak from result.json (CUDA: max_memory_allocated; CPU: the process's max RSS,
-which includes the data, the Python heap and earlier seeds, so only CUDA peaks compare with the prediction).
+an upper bound, as batches are padded only to their longest example) and the measured peak from result.json
+(CUDA: max_memory_allocated; CPU: the process's max RSS, which includes the data, the Python heap and earlier
+seeds, so only CUDA peaks compare with the prediction).
 Then report.compare for each pair of methods on each dataset (permutation p-value, Welch t interval).
 """
 
