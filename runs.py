@@ -304,8 +304,7 @@ def learned_nothing(run, results: dict) -> str | None:
     if not signs:
         return None
     warmup = math.ceil(run.cfg.warmup_ratio * run.total_steps)
-    method = "adapter" if run.cfg.adapter else "lora" if run.cfg.lora else "full"
-    hint = "" if run.cfg.lr == MINILM_LR[method] else f"; {LR_HINT}"  # not the hint the run already follows
+    hint = "" if run.cfg.lr == MINILM_LR[method(run.cfg)] else f"; {LR_HINT}"  # not the hint the run already follows
     return (f"this run looks like it learned nothing: {' and '.join(signs)}. Likely causes: the learning "
             f"rate (--lr {run.cfg.lr:g}{hint}), too few steps ({run.step} optimizer steps), or warm-up too "
             f"long for the run ({warmup} of {run.total_steps} steps, --warmup-ratio {run.cfg.warmup_ratio:g})")
@@ -418,11 +417,16 @@ def environment(world: Dist, dtype) -> dict:
     }
 
 
+def method(cfg) -> str:
+    """The fine-tuning method of a TrainConfig: "full", "adapter" or "lora" (result.json's "method")."""
+    return "adapter" if cfg.adapter else "lora" if cfg.lora else "full"
+
+
 def model_slug(cfg) -> str:
     """The run folder's model name: --model-name, else the alias, Hub id or directory name; + -adapter or -lora."""
     given = hub.portable_name(cfg.model)  # the folder of the minilm alias is named minilm, not model
     name = cfg.model_name or (Path(given).name if Path(given).is_dir() else given.replace("/", "--"))
-    return name + ("-adapter" if cfg.adapter else "-lora" if cfg.lora else "")
+    return name + ("" if method(cfg) == "full" else f"-{method(cfg)}")
 
 
 def write_json(path: Path, obj) -> None:

@@ -481,8 +481,7 @@ class Run:
         wall = self.elapsed + time.perf_counter() - self.t0
         reported = self.selection.record(last=results)
         warning = runs.learned_nothing(self, reported) if self.world.master else None
-        method = "adapter" if self.cfg.adapter else "lora" if self.cfg.lora else "full"
-        result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "method": method, "adapter": self.cfg.adapter,
+        result = {"dataset": self.cfg.dataset_name, "model": self.cfg.model, "method": runs.method(self.cfg), "adapter": self.cfg.adapter,
                   "seed": self.seed, "epochs": self.cfg.epochs, "steps": self.step, "skipped_steps": self.skipped_steps,
                   **reported, "wall_time_s": wall,
                   **runs.peak_memory(self.world.device), "trainable_params": self.n_trainable, "total_params": self.n_params,
